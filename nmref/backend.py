@@ -1,0 +1,65 @@
+"""Array-module selection, host/device transfer and seeded generators.
+
+Every public function works out ``xp`` from its inputs; there is no global switch. CuPy is imported only
+when a CuPy array is already in play or a device transfer is asked for, so ``import nmref`` never needs it.
+"""
+import sys
+
+import numpy as np
+
+DEVICES = ("cpu", "gpu")
+
+
+def array_module(*arrays):
+    """``cupy`` if any argument is a CuPy array, else ``numpy`` (the CuPy idiom, without importing CuPy)."""
+    if "cupy" in sys.modules:
+        cupy = sys.modules["cupy"]
+        if any(isinstance(a, cupy.ndarray) for a in arrays):
+            return cupy
+    return np
+
+
+def is_gpu_array(x):
+    return array_module(x) is not np
+
+
+def _cupy():
+    try:
+        import cupy
+    except ImportError as exc:
+        raise RuntimeError("device='gpu' needs CuPy: pip install -e '.[gpu]' on a machine with a CUDA GPU") from exc
+    return cupy
+
+
+def gpu_available():
+    """True when CuPy imports and sees at least one CUDA device."""
+    try:
+        import cupy
+        return cupy.cuda.runtime.getDeviceCount() > 0
+    except Exception:
+        return False
+
+
+def to_device(x, device="cpu"):
+    """Move an array to ``device`` ("cpu" -> NumPy, "gpu" -> CuPy); a no-op when it is already there."""
+    if device not in DEVICES:
+        raise ValueError(f"device={device!r} is not one of {DEVICES}")
+    if device == "cpu":
+        return to_host(x)
+    return _cupy().asarray(x)
+
+
+def to_host(x):
+    """A NumPy array with the same values (copies from the GPU when needed)."""
+    if is_gpu_array(x):
+        return x.get()
+    return np.asarray(x)
+
+
+def device_of(x):
+    return "gpu" if is_gpu_array(x) else "cpu"
+
+
+def rng(seed):
+    """The host generator every random draw starts from: same seed, same numbers on CPU and GPU runs."""
+    return np.random.default_rng(seed)

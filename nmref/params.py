@@ -1,0 +1,18 @@
+"""A trainable tensor: value, gradient and the optimizer group it belongs to."""
+from .backend import array_module
+
+
+class Param:
+    """``value`` and ``grad`` share shape, dtype and array module; ``group`` picks the optimizer param group."""
+
+    def __init__(self, value, name="", group="weights"):
+        self.value = value
+        self.grad = array_module(value).zeros_like(value)
+        self.name = name
+        self.group = group
+
+    def zero_grad(self):
+        self.grad[...] = 0
+
+    def __repr__(self):
+        return f"Param({self.name!r}, shape={tuple(self.value.shape)}, dtype={self.value.dtype}, group={self.group!r})"
