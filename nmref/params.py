@@ -3,13 +3,15 @@ from .backend import array_module
 
 
 class Param:
-    """``value`` and ``grad`` share shape, dtype and array module; ``group`` picks the optimizer param group."""
+    """``value`` and ``grad`` share shape, dtype and array module; ``group`` picks the optimizer param group;
+    ``state`` is the optimizer's per-parameter state (``state["momentum"]``), reachable by sparsity methods."""
 
     def __init__(self, value, name="", group="weights"):
         self.value = value
         self.grad = array_module(value).zeros_like(value)
         self.name = name
         self.group = group
+        self.state = {}
 
     def zero_grad(self):
         self.grad[...] = 0
