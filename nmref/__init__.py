@@ -3,6 +3,7 @@ from .backend import array_module, gpu_available, rng, to_device, to_host
 from .groups import from_groups, to_groups
 from .masks import nm_mask
 from .params import Param
-from .sparsity import SRSTE, STE, Dense, masked_grad, srste_grad, ste_grad
+from .sad import SADTracker, sad
+from .sparsity import SRSTE, STE, Dense, Fixed, make_method, masked_grad, srste_grad, ste_grad
 
 __version__ = "0.1.0"
