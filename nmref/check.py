@@ -1,0 +1,512 @@
+"""Is this checkpoint really N:M? Reads .npz (nmref checkpoints too), PyTorch .pt/.pth and .safetensors files
+and reports, per weight tensor, the layout used, density and the groups holding more than n non-zeros.
+
+A tensor complies with n:m (n = kept) when every group of m consecutive weights along the grouped axis has at
+most n non-zeros (ALGORITHMS.md section 0). Layout "auto": 2-D -> "linear" (groups along axis 1 of (out, in)),
+3-D / 4-D -> "conv" (groups along Cin of the OIHW weight at fixed (cout, kh, kw), i.e. NHWC grouping).
+Masks stored beside dense weights are applied first (``mask_candidates`` gives the matching rule).
+The JSON report (``SCHEMA_VERSION``) is documented in docs/crosscheck.md.
+"""
+import json
+import os
+import re
+import struct
+import zipfile
+
+import numpy as np
+
+from .groups import check_divisible, divisors, grouped_axis_length
+from .masks import nm_report, parse_pattern
+
+SCHEMA_VERSION = 1
+LAYOUT_CHOICES = ("auto", "conv", "linear", "nchw_flatten")
+WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "module", "net")
+FIRST_VIOLATIONS = 5
+LAYOUT_NOTES = {
+    "linear": "groups of m consecutive input features (axis 1) of each output row of the (out, in) weight",
+    "conv": "groups of m consecutive input channels (axis 1 of the OIHW weight) at each fixed (cout, kh, kw): "
+            "the weight regrouped as NHWC (Cout, kh, kw, Cin), as NVIDIA ASP and cuSPARSELt group it",
+    "nchw_flatten": "groups of m consecutive entries of each output's C-order flatten (Cin*kh*kw), "
+                    "the SR-STE paper-era grouping",
+}
+
+
+class CheckInputError(Exception):
+    """Unreadable or unusable input: the command line prints the message on one line and exits with 2."""
+
+
+def _one_line(exc, limit=200):
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+# ---- reading ----------------------------------------------------------------------------------------------------
+class TensorFile:
+    """Arrays read from a file: ``tensors`` name -> host array, ``dtypes`` name -> stored dtype name,
+    ``unreadable`` name -> why an entry was not read, ``masks`` (nmref checkpoints) name -> mask array."""
+
+    def __init__(self, path, fmt):
+        self.path, self.format = path, fmt
+        self.tensors, self.dtypes, self.unreadable, self.masks = {}, {}, {}, {}
+        self.state_names = []            # nmref checkpoint entries that are optimizer / method / meta state
+        self.meta = None
+        self.notes = []
+
+    def add(self, name, array, dtype=None):
+        self.tensors[name] = array
+        self.dtypes[name] = dtype or str(array.dtype)
+
+
+def sniff_format(path):
+    """"npz", "torch" or "safetensors", from the extension or, failing that, from the first bytes."""
+    ext = os.path.splitext(path)[1].lower()
+    if ext in (".npz", ".npy"):
+        return "npz"
+    if ext in (".pt", ".pth", ".bin", ".ckpt"):
+        return "torch"
+    if ext == ".safetensors":
+        return "safetensors"
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if head.startswith(b"\x93NUMPY"):
+        return "npz"
+    if head.startswith(b"PK"):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                names = archive.namelist()
+        except (zipfile.BadZipFile, OSError) as exc:
+            raise CheckInputError(f"{path}: corrupt zip archive ({_one_line(exc)})") from None
+        return "torch" if any(n.endswith("data.pkl") for n in names) else "npz"
+    if head[:1] == b"\x80":
+        return "torch"
+    if len(head) > 8 and head[8:9] == b"{":
+        return "safetensors"
+    raise CheckInputError(f"{path}: unknown file format; expected .npz, .pt/.pth or .safetensors")
+
+
+def read_tensors(path):
+    """A ``TensorFile`` from ``path`` (.npz / .npy, .pt / .pth / .bin / .ckpt, .safetensors)."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise CheckInputError(f"{path}: no such file")
+    fmt = sniff_format(path)
+    return {"npz": _read_npz, "torch": _read_torch, "safetensors": _read_safetensors}[fmt](path)
+
+
+def _read_npz(path):
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except Exception as exc:
+        raise CheckInputError(f"{path}: not a readable .npz/.npy file ({_one_line(exc)})") from None
+    if isinstance(archive, np.ndarray):
+        out = TensorFile(path, "npy")
+        out.add(os.path.splitext(os.path.basename(path))[0], archive)
+        return out
+    with archive:
+        names = list(archive.files)
+        nmref = any(n.startswith("param/") for n in names)
+        out = TensorFile(path, "nmref-checkpoint" if nmref else "npz")
+        for name in names:
+            try:
+                array = archive[name]
+            except ValueError as exc:
+                out.unreadable[name] = f"not loaded ({_one_line(exc, 80)})"
+                continue
+            except Exception as exc:
+                raise CheckInputError(f"{path}: entry {name!r} is corrupt ({_one_line(exc)})") from None
+            if not nmref:
+                out.add(name, array)
+            elif name.startswith("param/"):
+                out.add(name[len("param/"):], array)
+            elif name.startswith("mask/"):
+                out.masks[name[len("mask/"):]] = array
+            else:
+                out.state_names.append(name)
+                if name == "meta":
+                    out.meta = _parse_meta(array)
+    return out
+
+
+def _parse_meta(array):
+    try:
+        return json.loads(str(array))
+    except ValueError:
+        return None
+
+
+def _read_torch(path):
+    try:
+        import torch
+    except ImportError:
+        raise CheckInputError(f"{path}: reading PyTorch files needs torch (pip install torch), or convert the "
+                              "state dict to .safetensors or .npz") from None
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        hint = "; save model.state_dict() instead of the model object" if "Weights only" in str(exc) else ""
+        raise CheckInputError(f"{path}: not readable by torch.load(weights_only=True) "
+                              f"({_one_line(exc, 120)}){hint}") from None
+    out = TensorFile(path, "torch")
+    if not isinstance(obj, dict):
+        raise CheckInputError(f"{path}: holds a {type(obj).__name__}, expected a state dict (name -> tensor)")
+    for key in WRAPPER_KEYS:
+        if isinstance(obj.get(key), dict):
+            out.notes.append(f"state dict read from the {key!r} entry of the file")
+            obj = obj[key]
+            break
+    for name, value in obj.items():
+        if not isinstance(value, torch.Tensor):
+            out.unreadable[str(name)] = f"not a tensor ({type(value).__name__})"
+            continue
+        try:
+            array, dtype = _torch_to_numpy(value, torch)
+        except Exception as exc:
+            out.unreadable[str(name)] = f"tensor not convertible to NumPy ({_one_line(exc, 80)})"
+            continue
+        out.add(str(name), array, dtype)
+    return out
+
+
+def _torch_to_numpy(t, torch):
+    t = t.detach().cpu()
+    if t.is_sparse:
+        t = t.to_dense()
+    if t.is_quantized:
+        t = t.dequantize()
+    dtype = str(t.dtype).replace("torch.", "")
+    if t.dtype == torch.bfloat16 or "float8" in dtype:
+        return t.float().numpy(), dtype        # exact widening: zeros stay zeros
+    return t.numpy(), dtype
+
+
+def _read_safetensors(path):
+    try:
+        from safetensors import safe_open
+    except ImportError:
+        raise CheckInputError(f"{path}: reading .safetensors needs the safetensors package "
+                              "(pip install safetensors)") from None
+    out = TensorFile(path, "safetensors")
+    try:
+        with safe_open(path, framework="np") as f:
+            for name in f.keys():
+                try:
+                    out.add(name, f.get_tensor(name))
+                except TypeError:
+                    dtype = f.get_slice(name).get_dtype()
+                    if dtype != "BF16":
+                        out.unreadable[name] = f"dtype {dtype} has no NumPy equivalent"
+                        continue
+                    out.add(name, _read_bf16(path, name), "bfloat16")
+    except CheckInputError:
+        raise
+    except Exception as exc:
+        raise CheckInputError(f"{path}: not a readable .safetensors file ({_one_line(exc)})") from None
+    return out
+
+
+def _read_bf16(path, name):
+    """A BF16 safetensors entry widened exactly to float32 (NumPy has no bfloat16)."""
+    with open(path, "rb") as f:
+        (header_len,) = struct.unpack("<Q", f.read(8))
+        entry = json.loads(f.read(header_len))[name]
+        start, end = entry["data_offsets"]
+        f.seek(8 + header_len + start)
+        raw = np.frombuffer(f.read(end - start), dtype="<u2")
+    return (raw.astype("<u4") << 16).view("<f4").reshape(entry["shape"])
+
+
+# ---- matching masks to weights ----------------------------------------------------------------------------------
+def mask_candidates(name, separate_file=False):
+    """Names the mask of weight ``name`` may have, in the order tried: in a separate --masks file ``name``
+    itself first; then "<name>_mask" (torch.nn.utils.prune stores "x.weight_orig" + "x.weight_mask", so a
+    trailing "_orig" is dropped first), "<module>.mask" for "<module>.weight", and nmref's "mask/<name>"."""
+    base = name[: -len("_orig")] if name.endswith("_orig") else name
+    names = [name] if separate_file else []
+    names += [f"{base}_mask", f"{name}_mask"]
+    module, _, leaf = base.rpartition(".")
+    if module and leaf == "weight":
+        names.append(f"{module}.mask")
+    names.append(f"mask/{base}")
+    return list(dict.fromkeys(names))
+
+
+def match_masks(names, mask_names, separate_file=False):
+    """weight name -> mask name: for each of ``names`` the first of ``mask_candidates`` in ``mask_names``."""
+    pool = set(mask_names)
+    matched = {}
+    for name in names:
+        for candidate in mask_candidates(name, separate_file):
+            if candidate in pool and (separate_file or candidate != name):
+                matched[name] = candidate
+                break
+    if not separate_file:
+        used = set(matched.values())
+        matched = {w: k for w, k in matched.items() if w not in used}
+    return matched
+
+
+# ---- checking ---------------------------------------------------------------------------------------------------
+def resolve_pattern(pattern, semantics="keep"):
+    """(n_keep, m) from "n:m" / (n, m) read with ``semantics`` ("keep": n kept, "prune": n zeroed)."""
+    parsed = parse_pattern(pattern, semantics=semantics)
+    return int(parsed.n_keep), int(parsed.m)
+
+
+def layout_for(shape, layout):
+    """(layout used, None) for a weight of ``shape`` under the --layout choice, or (None, why it is skipped)."""
+    if layout not in LAYOUT_CHOICES:
+        raise ValueError(f"layout={layout!r} is not one of {LAYOUT_CHOICES}")
+    if len(shape) == 2:
+        return "linear", None
+    if layout == "linear":
+        return None, f"{len(shape)}-D: layout 'linear' groups only 2-D (out, in) weights; use --layout auto"
+    return ("conv" if layout == "auto" else layout), None
+
+
+def skip_reason(name, w, n_keep, m, layout, include):
+    """(layout used, None) when tensor ``name`` is checked, else (None, the reason it is skipped)."""
+    if include is not None and not include.search(name):
+        return None, "excluded by --include"
+    if w.dtype.kind != "f":
+        return None, f"non-float (dtype {w.dtype})"
+    if w.ndim < 2:
+        return None, f"{w.ndim}-D (bias, norm or scalar): N:M groups weight matrices and conv kernels"
+    used, why = layout_for(w.shape, layout)
+    if used is None:
+        return None, why
+    k = grouped_axis_length(w.shape, used)
+    if k < m:
+        return None, f"too small: the grouped axis has {k} < m={m} weights"
+    try:
+        check_divisible(w.shape, m, used)
+    except ValueError:
+        return None, f"not divisible: grouped axis length {k} % m={m} != 0 (m could be one of {divisors(k)})"
+    return used, None
+
+
+def check_tensor(name, w, n_keep, m, layout, mask=None, mask_name=None, dtype=None):
+    """Report of one tensor (``masks.nm_report``): at most ``n_keep`` non-zeros of W*mask in every group of m."""
+    if mask is not None and tuple(mask.shape) != tuple(w.shape):
+        raise CheckInputError(f"mask {mask_name!r} has shape {tuple(mask.shape)} but weight {name!r} has shape "
+                              f"{tuple(w.shape)}; a mask must have its weight's shape")
+    effective = w if mask is None else np.where(np.asarray(mask) != 0, w, np.zeros((), w.dtype))   # like w
+    rep = nm_report({name: effective}, n_keep, m, layout, max_positions=FIRST_VIOLATIONS)[name]
+    return {"name": name, "shape": list(w.shape), "dtype": dtype or str(w.dtype), "layout": layout,
+            "source": "weight" if mask is None else "weight*mask", "mask": mask_name, "groups": rep["groups"],
+            "density": rep["density"], "violating_groups": rep["violating_groups"],
+            "first_violations": rep["first_violations"], "compliant": bool(rep["compliant"])}
+
+
+def check_file(path, pattern, layout="auto", semantics="keep", include=None, masks=None):
+    """Per-tensor N:M report (a JSON-ready dict, docs/crosscheck.md) of the weights in ``path``.
+
+    pattern "n:m" or (n, m), n kept (``semantics="prune"``: n zeroed); layout one of LAYOUT_CHOICES;
+    include a regular expression a tensor name must contain (re.search); masks a file of masks for the
+    dense weights in ``path``, matched by name (``mask_candidates``)."""
+    n_keep, m = resolve_pattern(pattern, semantics)
+    if layout not in LAYOUT_CHOICES:
+        raise ValueError(f"layout={layout!r} is not one of {LAYOUT_CHOICES}")
+    regex = _compile(include)
+    source = read_tensors(path)
+    mask_arrays, matched = dict(source.masks), {name: f"mask/{name}" for name in source.masks}
+    in_file = match_masks(source.tensors, source.tensors)
+    consumed = {k: w for w, k in in_file.items()}
+    for weight, key in in_file.items():
+        mask_arrays.setdefault(weight, source.tensors[key])
+        matched.setdefault(weight, key)
+    extra = read_tensors(masks) if masks is not None else None
+    unmatched = []
+    if extra is not None:
+        pool = extra.masks if extra.format == "nmref-checkpoint" else extra.tensors
+        outside = match_masks(source.tensors, pool, separate_file=True)
+        for weight, key in outside.items():
+            mask_arrays[weight], matched[weight] = pool[key], f"{masks}:{key}"
+        unmatched = sorted(set(pool) - set(outside.values()))
+    checked, skipped = [], []
+    for name, w in source.tensors.items():
+        if name in consumed:
+            skipped.append(_skipped(name, w, source, f"mask of {consumed[name]!r}"))
+            continue
+        used, why = skip_reason(name, w, n_keep, m, layout, regex)
+        if used is None and why.startswith("excluded"):
+            skipped.append(_skipped(name, w, source, why))
+            continue
+        if source.format == "nmref-checkpoint" and name not in mask_arrays and used is not None:
+            why, used = f"dense layer in this nmref checkpoint (no mask/{name})", None
+        if used is None:
+            skipped.append(_skipped(name, w, source, why))
+            continue
+        checked.append(check_tensor(name, w, n_keep, m, used, mask_arrays.get(name), matched.get(name),
+                                    source.dtypes[name]))
+    for name, why in source.unreadable.items():
+        skipped.append({"name": name, "shape": None, "dtype": None, "reason": why})
+    for name in source.state_names:
+        skipped.append({"name": name, "shape": None, "dtype": None,
+                        "reason": "nmref checkpoint state (optimizer, method, meta), not a weight"})
+    violating = sum(not t["compliant"] for t in checked)
+    return {
+        "schema_version": SCHEMA_VERSION, "nmref_version": _version(), "file": os.fspath(path),
+        "format": source.format, "masks_file": None if masks is None else os.fspath(masks),
+        "pattern": {"spec": _spec(pattern), "semantics": semantics, "n_keep": n_keep, "m": m},
+        "layout": layout, "layout_notes": {k: LAYOUT_NOTES[k] for k in sorted({t["layout"] for t in checked})},
+        "include": include, "tensors": checked, "skipped": skipped, "unmatched_masks": unmatched,
+        "notes": source.notes + (extra.notes if extra is not None else []),
+        "summary": {"checked": len(checked), "compliant": len(checked) - violating, "violating": violating,
+                    "skipped": len(skipped)},
+        "compliant": bool(checked) and violating == 0,
+    }
+
+
+def _compile(include):
+    if include is None:
+        return None
+    try:
+        return re.compile(include)
+    except re.error as exc:
+        raise ValueError(f"include={include!r} is not a regular expression ({exc})") from None
+
+
+def _skipped(name, w, source, reason):
+    return {"name": name, "shape": list(w.shape), "dtype": source.dtypes.get(name, str(w.dtype)), "reason": reason}
+
+
+def _spec(pattern):
+    return pattern if isinstance(pattern, str) else ":".join(str(int(v)) for v in pattern)
+
+
+def _version():
+    from . import __version__
+    return __version__
+
+
+def exit_code(report):
+    """0 when every checked tensor complies, 1 on a violation, 2 when nothing could be checked."""
+    if report["summary"]["violating"]:
+        return 1
+    return 0 if report["summary"]["checked"] else 2
+
+
+# ---- output -----------------------------------------------------------------------------------------------------
+def format_report(report):
+    """The human-readable table of a ``check_file`` report."""
+    p = report["pattern"]
+    lines = [f"{report['file']} ({report['format']}): pattern {p['spec']} read as n_keep={p['n_keep']} kept of "
+             f"every m={p['m']} (--semantics {p['semantics']}), layout {report['layout']}"]
+    lines += [f"note: {note}" for note in report["notes"]]
+    rows = [("tensor", "shape", "layout", "checked", "density", "groups", "violating", "status")]
+    for t in report["tensors"]:
+        rows.append((t["name"], _shape(t["shape"]), t["layout"], t["source"], f"{t['density']:.4f}",
+                     str(t["groups"]), str(t["violating_groups"]), "ok" if t["compliant"] else "VIOLATION"))
+    if len(rows) > 1:
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    for t in report["tensors"]:
+        for position in t["first_violations"]:
+            lines.append(f"  {position}: more than {p['n_keep']} non-zeros")
+        if t["violating_groups"] > len(t["first_violations"]):
+            lines.append(f"  {t['name']}: ... {t['violating_groups'] - len(t['first_violations'])} more")
+    for layout, note in report["layout_notes"].items():
+        lines.append(f"layout {layout}: {note}")
+    by_reason = {}
+    for s in report["skipped"]:
+        by_reason.setdefault(s["reason"], []).append(s["name"])
+    if by_reason:
+        lines.append(f"skipped {len(report['skipped'])}:")
+    for reason, names in by_reason.items():
+        shown = ", ".join(names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else "")
+        lines.append(f"  {reason}: {shown}")
+    if report["unmatched_masks"]:
+        lines.append(f"masks matching no weight: {', '.join(report['unmatched_masks'])}")
+    s = report["summary"]
+    if not s["checked"]:
+        lines.append("result: no tensor was checked (see skipped); check --pattern, --layout and --include")
+    else:
+        lines.append(f"result: {s['compliant']} of {s['checked']} checked tensors are {p['n_keep']}:{p['m']}"
+                     + (f"; {s['violating']} violate{'s' * (s['violating'] == 1)}" if s["violating"] else ""))
+    return "\n".join(lines)
+
+
+def _shape(shape):
+    return "(" + ", ".join(map(str, shape)) + ("," if len(shape) == 1 else "") + ")"
+
+
+# ---- command line -----------------------------------------------------------------------------------------------
+def register_cli(subparsers):
+    """Add the ``check``, ``golden`` and ``export`` subcommands; each sets ``func`` (args -> exit code)."""
+    check = subparsers.add_parser(
+        "check", help="is this checkpoint really N:M? per-tensor report; exit 1 on a violation",
+        description="Check that every weight tensor in FILE (.npz incl. nmref checkpoints, .pt/.pth, "
+                    ".safetensors) has at most n non-zeros in every group of m. Exit 0: all checked tensors "
+                    "comply; 1: a violation; 2: unreadable input or nothing to check.")
+    check.add_argument("file", help="checkpoint or state dict: .npz, .pt/.pth or .safetensors")
+    check.add_argument("--pattern", required=True, help="n:m, e.g. 2:4 (n kept of every m; see --semantics)")
+    check.add_argument("--layout", choices=LAYOUT_CHOICES, default="auto",
+                       help="auto (default): 2-D linear, 3-D/4-D conv (groups along Cin, NHWC)")
+    check.add_argument("--semantics", choices=("keep", "prune"), default="keep",
+                       help="keep (default): n counts kept weights; prune: n counts zeroed weights")
+    check.add_argument("--include", metavar="REGEX", help="check only tensors whose name matches (re.search)")
+    check.add_argument("--masks", metavar="FILE", help="masks for the dense weights in FILE, matched by name")
+    check.add_argument("--json", action="store_true", help="print the JSON report (docs/crosscheck.md)")
+    check.set_defaults(func=run_check)
+    golden = subparsers.add_parser("golden", help="write versioned reference vectors for other implementations",
+                                   description="Write golden .npz files and manifest.json into DIR.")
+    golden.add_argument("dir", help="output directory (created if missing)")
+    golden.set_defaults(func=run_golden)
+    export = subparsers.add_parser(
+        "export", help="export an nmref checkpoint as a PyTorch-style state dict with the masks applied",
+        description="Write the masked weights (and '<name>_mask' masks) with PyTorch names and layouts.")
+    export.add_argument("checkpoint", help="an nmref training checkpoint (.npz)")
+    export.add_argument("out", help="output file: .safetensors, .pt or .npz")
+    export.set_defaults(func=run_export)
+
+
+def _fail(command, exc):
+    import sys
+    print(f"nmref {command}: error: {_one_line(exc, 400)}", file=sys.stderr)
+    return 2
+
+
+def run_check(args):
+    """``nmref check``: print the report, return the exit code."""
+    try:
+        report = check_file(args.file, args.pattern, args.layout, args.semantics, args.include, args.masks)
+    except (CheckInputError, ValueError, TypeError, OSError) as exc:
+        return _fail("check", exc)
+    print(json.dumps(report, indent=1) if args.json else format_report(report))
+    return exit_code(report)
+
+
+def run_golden(args):
+    """``nmref golden``: write the reference vectors, list them."""
+    from .golden import write_golden
+    try:
+        manifest = write_golden(args.dir)
+    except OSError as exc:
+        return _fail("golden", exc)
+    for name, entry in manifest["files"].items():
+        print(f"{os.path.join(args.dir, name)}: {entry['description']}")
+    return 0
+
+
+def run_export(args):
+    """``nmref export``: write the state dict, say what was written."""
+    from .export import export_checkpoint
+    try:
+        written = export_checkpoint(args.checkpoint, args.out)
+    except (CheckInputError, ValueError, OSError) as exc:
+        return _fail("export", exc)
+    print(f"{args.out}: {len(written)} tensors ({sum(k.endswith('_mask') for k in written)} masks)")
+    return 0
+
+
+def main(argv=None):
+    """``python -m nmref.check check FILE ...`` without the nmref console script."""
+    import argparse
+    parser = argparse.ArgumentParser(prog="nmref")
+    register_cli(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
