@@ -1,0 +1,178 @@
+"""What the figures share: the run modes, training-run specs, plotting style, CSV and caption writing."""
+import csv
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+OUT_DIR = Path(__file__).resolve().parent / "out"
+COLORS = {"dense": "black", "ste": "tab:blue", "srste": "tab:orange", "lbc": "tab:green", "fixed": "tab:purple"}
+LABELS = {"dense": "dense", "ste": "STE", "srste": "SR-STE", "lbc": "LBC", "fixed": "fixed mask"}
+PATTERNS = ("2:4", "4:8", "1:4", "2:8")
+
+
+@dataclass(frozen=True)
+class Mode:
+    """How much to train: ``tiny`` (NMREF_FAST=1, tests), ``quick`` (default, < 10 min on 2 cores), ``full``."""
+    name: str
+    epochs: int
+    seeds: tuple              # accuracy table, STE vs SR-STE
+    sweep_seeds: tuple        # lambda sweep, LBC schedule ablation
+    train_samples: int        # training subset (0 = all the training data)
+    batch_size: int = 256
+
+    @property
+    def data_note(self):
+        size = "all training samples" if not self.train_samples else f"a {self.train_samples}-sample training subset"
+        return f"{size} of the MNIST-1D data ({'NMREF_FAST tiny data' if self.name == 'tiny' else 'the 40k/10k split'})"
+
+
+MODES = {
+    "tiny": Mode("tiny", epochs=2, seeds=(0, 1), sweep_seeds=(0,), train_samples=0, batch_size=128),
+    "quick": Mode("quick", epochs=12, seeds=(0, 1, 2), sweep_seeds=(0, 1), train_samples=8000),
+    "full": Mode("full", epochs=60, seeds=(0, 1, 2, 3, 4), sweep_seeds=(0, 1, 2), train_samples=0),
+}
+
+
+def fast_env():
+    return os.environ.get("NMREF_FAST", "0") not in ("", "0")
+
+
+def pick_mode(full=False):
+    """``full`` if asked, ``tiny`` under NMREF_FAST=1, else ``quick``."""
+    if full:
+        return MODES["full"]
+    return MODES["tiny"] if fast_env() else MODES["quick"]
+
+
+def spec(mode, method, pattern=None, seed=0, **options):
+    """Overrides of ``nmref.train.TrainConfig`` for one training run of the MNIST-1D 1D CNN."""
+    config = {"dataset": "mnist1d", "model": "cnn1d", "method": method, "epochs": mode.epochs,
+              "batch_size": mode.batch_size, "seed": seed, "train_samples": mode.train_samples}
+    if method != "dense":
+        config["pattern"] = pattern
+    if method == "srste" and "lam" not in options:
+        options["lam"] = 2e-4
+    if method == "srste" and options["lam"] == 0:
+        del config["pattern"]                                       # lambda_W = 0 is STE, bit for bit
+        return spec(mode, "ste", pattern, seed)
+    config.update(options)
+    return config
+
+
+def label(config):
+    """Short human name of a run spec: "SR-STE 2:4 (lam=2e-4)"."""
+    text = LABELS.get(config["method"], config["method"])
+    if config.get("pattern"):
+        text += f" {config['pattern']}"
+    if config["method"] == "srste":
+        text += f" (lam={config['lam']:g})"
+    return text
+
+
+# ---- statistics --------------------------------------------------------------------------------------
+def mean_std(values):
+    """(mean, sample std over seeds; nan for a single value)."""
+    values = np.asarray(values, dtype=float)
+    return float(values.mean()), float(values.std(ddof=1)) if values.size > 1 else math.nan
+
+
+def pm(mean, std, digits=2, scale=1.0):
+    if math.isnan(std):
+        return f"{mean * scale:.{digits}f}"
+    return f"{mean * scale:.{digits}f} ± {std * scale:.{digits}f}"
+
+
+# ---- output files ------------------------------------------------------------------------------------
+def write_csv(path, rows, columns):
+    """CSV with exactly ``columns`` (every row must have them all)."""
+    path = Path(path)
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(columns), extrasaction="raise")
+        writer.writeheader()
+        for row in rows:
+            missing = set(columns) - set(row)
+            if missing:
+                raise KeyError(f"row for {path.name} lacks columns {sorted(missing)}")
+            writer.writerow({k: _fmt(row[k]) for k in columns})
+    return path
+
+
+def _fmt(value):
+    if isinstance(value, (float, np.floating)):
+        return repr(float(value))
+    if isinstance(value, (np.integer, np.bool_)):
+        return value.item()
+    return value
+
+
+def setup_matplotlib():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    plt.rcParams.update({"figure.dpi": 110, "savefig.dpi": 110, "font.size": 9, "axes.titlesize": 10,
+                         "axes.grid": True, "grid.alpha": 0.3, "legend.fontsize": 8})
+    return plt
+
+
+def save_png(fig, path):
+    fig.savefig(path, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+    plt.close(fig)
+    return Path(path)
+
+
+def runs_note(mode, configs):
+    """One sentence saying what was trained: data, model, epochs, batch, seeds, mode."""
+    seeds = sorted({c["seed"] for c in configs})
+    methods = sorted({label(c) for c in configs})
+    return (f"Mode `{mode.name}`: {len(configs)} training runs of the `cnn1d` model on {mode.data_note}, "
+            f"{mode.epochs} epochs, batch {mode.batch_size}, the library's default SGD recipe "
+            f"(momentum 0.9, linear warm-up then cosine), seeds {seeds}; runs: {', '.join(methods)}.")
+
+
+def write_fragment(out_dir, name, title, images, csvs, caption):
+    """``<name>.md``: the figure's section of index.md (index.md is rebuilt from all fragments)."""
+    lines = [f"## {title}", ""]
+    lines += [f"![{title}]({Path(p).name})" for p in images]
+    lines += ["", caption.strip(), "", "Data: " + ", ".join(f"[{Path(p).name}]({Path(p).name})" for p in csvs), ""]
+    path = Path(out_dir) / f"{name}.md"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def write_index(out_dir, names, header):
+    """index.md: the header, then the fragments of ``names`` present in ``out_dir``, in order."""
+    out_dir = Path(out_dir)
+    parts = [header.strip(), ""]
+    for name in names:
+        fragment = out_dir / f"{name}.md"
+        if fragment.exists():
+            parts += [fragment.read_text().strip(), ""]
+    path = out_dir / "index.md"
+    path.write_text("\n".join(parts))
+    return path
+
+
+# ---- curves over seeds -------------------------------------------------------------------------------
+def stack(runs, column):
+    """(S, E) array of one metric over the epochs of several seeds' runs."""
+    return np.stack([run.column(column) for run in runs])
+
+
+def last_half(values):
+    """Mean over the last half of the epochs (axis -1), the window the SAD claim is judged on."""
+    values = np.asarray(values, dtype=float)
+    return values[..., values.shape[-1] // 2:].mean(axis=-1)
+
+
+def band(ax, x, curves, color, label, log=False):
+    """Mean line with a min-max band over seeds."""
+    mean = curves.mean(axis=0)
+    ax.plot(x, mean, color=color, label=label, lw=1.6)
+    if len(curves) > 1:
+        ax.fill_between(x, curves.min(axis=0), curves.max(axis=0), color=color, alpha=0.2, lw=0)
+    if log:
+        ax.set_yscale("log")

@@ -1,0 +1,129 @@
+"""Figure 1: N:M sparsity on a real trained weight (SR-STE Fig. 1): dense -> groups -> kept / pruned ->
+compressed values + indices."""
+import sys
+
+import numpy as np
+
+from nmref.groups import grouped_axis_length, to_groups
+from nmref.masks import nm_mask
+
+from . import common
+
+NAME = "fig1_nm_illustration"
+TITLE = "Figure 1: N:M (2:4) sparsity of a trained weight, dense to values + indices"
+ROWS, COLS = 4, 16
+COLUMNS = ("row", "col", "group", "pos_in_group", "weight", "kept", "value_col", "index")
+
+
+def runs(mode):
+    return [common.spec(mode, "srste", "2:4", seed=mode.seeds[0])]
+
+
+def weight_rows(run):
+    """(layer, its layout, final dense weight, the weight as (R, K) rows with the grouped axis last); the first
+    sparse Linear layer when there is one (its rows are output neurons), else the first sparse layer."""
+    linear = [name for name, info in run.layers.items() if info["layout"] == "linear"]
+    layer = linear[0] if linear else next(iter(run.layers))
+    info = run.layers[layer]
+    w = run.arrays[f"param/{info['weight']}"]
+    k = grouped_axis_length(w.shape, info["layout"])
+    return layer, info["layout"], w, to_groups(w, k, info["layout"])               # (R, K)
+
+
+def compress(rows, mask, n, m):
+    """Kept values (R, K n/m) and their positions within each group of m (R, K n/m), in order."""
+    r, k = rows.shape
+    values = rows[mask].reshape(r, k * n // m)                                     # (R, K n/m)
+    positions = np.nonzero(mask.reshape(-1, m))[1].reshape(r, k * n // m)          # (R, K n/m)
+    return values, positions
+
+
+def table(block, mask, values, positions, n, m):
+    rows = []
+    for r in range(block.shape[0]):
+        kept_cols = np.flatnonzero(mask[r])
+        for c in range(block.shape[1]):
+            kept = bool(mask[r, c])
+            slot = int(np.searchsorted(kept_cols, c)) if kept else -1
+            rows.append({"row": r, "col": c, "group": c // m, "pos_in_group": c % m, "weight": float(block[r, c]),
+                         "kept": int(kept), "value_col": slot, "index": int(positions[r, slot]) if kept else -1})
+    return rows
+
+
+def plot(block, mask, values, positions, n, m, title_note, path, layout):
+    plt = common.setup_matplotlib()
+    row_name = "output row" if layout == "linear" else "row (output channel, tap)"
+    from matplotlib.colors import TwoSlopeNorm
+    limit = float(np.abs(block).max()) or 1.0
+    norm = TwoSlopeNorm(0.0, -limit, limit)
+    fig, axes = plt.subplots(4, 1, figsize=(9, 8.2), gridspec_kw={"height_ratios": [1, 1, 1, 1]})
+    panels = [(f"(a) dense trained weight W ({block.shape[0]} {row_name}s x {block.shape[1]} inputs)", block, None),
+              (f"(b) grouped into {m} consecutive inputs; keep the {n} largest |w| per group (pruned: grey)",
+               np.where(mask, block, np.nan), mask),
+              (f"(c) compressed values: {n} of every {m} kept, {block.shape[1] * n // m} per row", values, None),
+              (f"(d) indices: position (0..{m - 1}) of each kept value within its group", positions, None)]
+    for ax, (title, data, keep) in zip(axes, panels):
+        is_index = data is positions
+        cmap = plt.get_cmap("Pastel1" if is_index else "RdBu_r").copy()
+        cmap.set_bad("lightgrey")
+        ax.imshow(data, cmap=cmap, norm=None if is_index else norm, aspect="auto",
+                  vmin=0 if is_index else None, vmax=8 if is_index else None)
+        for (i, j), v in np.ndenumerate(block if keep is not None else data):
+            text = f"{int(v)}" if is_index else f"{v:.2f}"
+            dark = not is_index and abs(v) > 0.6 * limit and (keep is None or keep[i, j])
+            ax.text(j, i, text, ha="center", va="center", fontsize=7,
+                    color="dimgray" if keep is not None and not keep[i, j] else "white" if dark else "black")
+        if data.shape[1] == block.shape[1]:
+            for g in range(1, data.shape[1] // m):
+                ax.axvline(g * m - 0.5, color="black", lw=1.5 if keep is not None or ax is axes[0] else 0.5)
+        else:
+            for g in range(1, data.shape[1] // n):
+                ax.axvline(g * n - 0.5, color="black", lw=1.0)
+        ax.set_title(title, loc="left")
+        ax.set_ylabel(row_name)
+        ax.set_xlabel("input position (column)" if data.shape[1] == block.shape[1] else "compressed column")
+        ax.set_yticks(range(data.shape[0]))
+        ax.grid(False)
+    fig.suptitle(f"N:M {n}:{m} sparsity on a trained weight: dense -> kept/pruned -> values + indices\n{title_note}",
+                 fontsize=10)
+    fig.tight_layout()
+    return common.save_png(fig, path)
+
+
+def make(mode, results, out_dir):
+    config = runs(mode)[0]
+    run = results(config)
+    n, m = (int(v) for v in config["pattern"].split(":"))
+    layer, layout, w, rows = weight_rows(run)
+    cols = min(COLS, rows.shape[1] - rows.shape[1] % m)
+    block = rows[:ROWS, :cols]                                                     # (4, 16)
+    mask = to_groups(nm_mask(w, n, m, layout), rows.shape[1], layout)[:ROWS, :cols]  # (4, 16) bool
+    values, positions = compress(block, mask, n, m)
+    csv = common.write_csv(out_dir / f"{NAME}.csv", table(block, mask, values, positions, n, m), COLUMNS)
+    note = (f"layer '{layer}' {tuple(w.shape)} (layout '{layout}') of {common.label(config)}, seed "
+            f"{config['seed']}, after {config['epochs']} epochs")
+    png = plot(block, mask, values, positions, n, m, note, out_dir / f"{NAME}.png", layout)
+    kept_abs, pruned_abs = np.abs(block[mask]).mean(), np.abs(block[~mask]).mean()
+    full_mask = nm_mask(w, n, m, layout)
+    caption = (
+        f"The final dense weight of layer `{layer}` (shape {tuple(w.shape)}, groups along the input channels, "
+        f"layout `{layout}`) of the SR-STE {n}:{m} run (seed {config['seed']}, {config['epochs']} epochs, mode "
+        f"`{mode.name}`, {mode.data_note}); the first {block.shape[0]} rows of its grouped view and their first "
+        f"{block.shape[1]} inputs. The mask is `nm_mask(W, {n}, {m})` of that weight, the one the next forward "
+        f"would use: every group keeps exactly {n} (whole layer: {int(full_mask.sum())} of {full_mask.size} "
+        f"kept = {full_mask.mean():.3f}). Kept weights have mean |w| {kept_abs:.3f}, pruned ones {pruned_abs:.3f}: "
+        f"SR-STE's term λ_W(1-E)⊙W has pulled the pruned weights towards zero. Storage: {values.shape[1]} values "
+        f"+ {values.shape[1]} indices of {int(np.ceil(np.log2(m)))} bits per row instead of {block.shape[1]} "
+        f"values, the format of SR-STE Fig. 1 (and of NVIDIA's sparse tensor cores for 2:4). This is an "
+        f"illustration, not a claim to reproduce.")
+    common.write_fragment(out_dir, NAME, TITLE, [png], [csv], caption)
+    return [png, csv]
+
+
+def main(argv=None):
+    from .run_all import main as run_all_main
+    return run_all_main([*(sys.argv[1:] if argv is None else argv), "--only", NAME])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
