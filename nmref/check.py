@@ -328,11 +328,11 @@ def check_file(path, pattern, layout="auto", semantics="keep", include=None, mas
             skipped.append(_skipped(name, w, source, f"mask of {consumed[name]!r}"))
             continue
         used, why = skip_reason(name, w, n_keep, m, layout, regex)
-        if used is None and why.startswith("excluded"):
-            skipped.append(_skipped(name, w, source, why))
-            continue
-        if source.format == "nmref-checkpoint" and name not in mask_arrays and used is not None:
-            why, used = f"dense layer in this nmref checkpoint (no mask/{name})", None
+        if source.format == "nmref-checkpoint" and name not in mask_arrays and _not_excluded(why):
+            if ".weight." in name:
+                why, used = "method parameter (e.g. LBC scores), not a layer weight", None
+            elif used is not None:
+                why, used = f"dense layer in this nmref checkpoint (no mask/{name})", None
         if used is None:
             skipped.append(_skipped(name, w, source, why))
             continue
@@ -355,6 +355,10 @@ def check_file(path, pattern, layout="auto", semantics="keep", include=None, mas
                     "skipped": len(skipped)},
         "compliant": bool(checked) and violating == 0,
     }
+
+
+def _not_excluded(why):
+    return why is None or not why.startswith("excluded")
 
 
 def _compile(include):
