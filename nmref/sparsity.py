@@ -19,7 +19,7 @@ import numbers
 
 from .backend import array_module, to_host
 from .groups import to_groups
-from .masks import check_pattern, nm_mask
+from .masks import check_pattern, nm_mask, parse_pattern
 
 
 # The three weight-gradient rules, side by side (g = dL/dW~):
@@ -233,22 +233,6 @@ def method_class(name):
     return classes[key]
 
 
-def parse_pattern(pattern):
-    """(n, m) from "2:4" or (2, 4); n counts kept weights."""
-    from . import masks
-    if hasattr(masks, "parse_pattern"):
-        return masks.parse_pattern(pattern)
-    if isinstance(pattern, str):
-        parts = pattern.split(":")
-        if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
-            raise ValueError(f"pattern={pattern!r} is not 'n:m' (n kept of every m), e.g. '2:4'")
-        pattern = tuple(int(p) for p in parts)
-    if not isinstance(pattern, (tuple, list)) or len(pattern) != 2:
-        raise ValueError(f"pattern={pattern!r} must be 'n:m' or a pair (n, m), e.g. '2:4' or (2, 4)")
-    check_pattern(*pattern)
-    return int(pattern[0]), int(pattern[1])
-
-
 def make_method(name, pattern=None, **options):
     """Zero-arg factory of fresh method instances, e.g. ``make_method("srste", "2:4", lam=2e-4)``.
 
@@ -263,7 +247,8 @@ def make_method(name, pattern=None, **options):
         return Dense
     if pattern is None:
         raise ValueError(f"method {name!r} needs a pattern: make_method({name!r}, '2:4', ...)")
-    n, m = parse_pattern(pattern)
+    parsed = parse_pattern(pattern)
+    n, m = parsed.n_keep, parsed.m
     accepted = [p for p in inspect.signature(cls).parameters if p not in ("n", "m")]
     unknown = sorted(set(options) - set(accepted))
     if unknown:

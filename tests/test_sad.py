@@ -168,7 +168,8 @@ def test_tracker_on_real_training_steps(rng):
             epoch.append({"w": method.mask.copy()})
         rows.append(tracker.end_epoch())
         epochs.append(epoch)
-    step = [sum(sad(a["w"], b["w"])[0] for a, b in zip([init] + ep[:-1], ep)) for ep in epochs]
+    starts = [init] + [ep[-1] for ep in epochs[:-1]]
+    step = [sum(sad(a["w"], b["w"])[0] for a, b in zip([s] + ep[:-1], ep)) for s, ep in zip(starts, epochs)]
     assert [r["sad_step"] for r in rows] == step and sum(step) > 0
     assert [r["sad_init"] for r in rows] == [sad(ep[-1]["w"], init["w"])[0] for ep in epochs]
 
