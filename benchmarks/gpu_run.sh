@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# What the GPU machine runs (the device tool's `run`, with `.whl` carried): install the carried wheels,
+# record the environment, run the GPU tests and benchmarks, leave logs and tables in $OUT.
+#   bash benchmarks/gpu_run.sh cslt     cuSPARSELt tests + the cuSPARSELt benchmark
+#   bash benchmarks/gpu_run.sh full     every test file on both backends + both GPU benchmarks
+#   bash benchmarks/gpu_run.sh tests    every test file only
+set -u
+STAGE=${1:-cslt}
+OUT=${OUT:-/tmp/nmref_out}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 NMREF_FAST=1 PYTHONDONTWRITEBYTECODE=1
+T0=$(date +%s)
+stamp() { echo "== $(( $(date +%s) - T0 ))s: $*"; }
+
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+export PYTHONPATH=/tmp/site:$PWD
+if ! python3 -c "import nvmath.bindings.cusparseLt" 2>/dev/null; then
+    stamp "nvmath does not import with the image's cuda-core / cuda-pathfinder; adding the carried ones"
+    python3 -c "import nvmath.bindings.cusparseLt" 2>&1 | tail -3
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/fallback/*.whl || exit 1
+fi
+
+{
+    stamp "environment"
+    nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm,clocks.mem --format=csv
+    python3 -m pip list 2>/dev/null | grep -i -E "^(cupy|cuda|nvmath|nvidia-cusparselt|torch |numpy|numba|ml.dtypes|pytest |mnist1d|tqdm|matplotlib|scipy)"
+    python3 - <<'EOF'
+import importlib.metadata as md
+for name in ("cuda-pathfinder", "cuda-core", "cuda-bindings", "nvmath-python"):
+    try:
+        print(name, md.version(name))
+    except Exception as exc:
+        print(name, "?", exc)
+import cupy, numpy as np
+from nvmath.bindings import cusparseLt as lt
+h = lt.init(); print("cuSPARSELt version", lt.get_version(h)); lt.destroy(h)
+try:
+    import ml_dtypes
+    a = cupy.ones((16, 16), dtype=ml_dtypes.bfloat16)
+    print("cupy bfloat16 matmul ok:", float((a @ a.T).astype(cupy.float32)[0, 0]))
+except Exception as exc:
+    print("cupy bfloat16:", type(exc).__name__, exc)
+import torch
+print("torch", torch.__version__, "cuda", torch.cuda.is_available(), "cusparselt", torch.backends.cusparselt.is_available(),
+      torch.backends.cusparselt.version() if torch.backends.cusparselt.is_available() else None)
+EOF
+} 2>&1 | tee "$OUT/env.log"
+
+run_tests() {      # $1 = log name, rest = pytest args
+    local log=$1; shift
+    stamp "pytest $*"
+    timeout 420 python3 -m pytest -q -rs -p no:cacheprovider "$@" 2>&1 | tee "$OUT/$log"
+}
+
+case "$STAGE" in
+cslt)
+    run_tests test_cusparselt.log tests/test_cusparselt.py
+    stamp "bench_cusparselt"
+    timeout 420 python3 benchmarks/bench_cusparselt.py --json "$OUT/gpu_cusparselt.json" \
+        --markdown "$OUT/gpu_cusparselt.md" 2>&1 | tee "$OUT/bench_cusparselt.log"
+    ;;
+tests)
+    run_tests tests.log tests
+    ;;
+full)
+    run_tests tests.log tests
+    stamp "bench_gpu_train_step"
+    timeout 240 python3 benchmarks/bench_gpu_train_step.py --markdown "$OUT/gpu_train_step.md" 2>&1 | tee "$OUT/bench_train.log"
+    stamp "bench_cusparselt"
+    timeout 300 python3 benchmarks/bench_cusparselt.py --json "$OUT/gpu_cusparselt.json" \
+        --markdown "$OUT/gpu_cusparselt.md" 2>&1 | tee "$OUT/bench_cusparselt.log"
+    ;;
+*)
+    echo "unknown stage $STAGE (cslt | tests | full)"; exit 2 ;;
+esac
+stamp "done"

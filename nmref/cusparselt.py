@@ -1,0 +1,371 @@
+"""2:4 sparse matmul on the GPU through cuSPARSELt: y = x @ W.T (+ bias) (ALGORITHMS.md section 6).
+
+W (out, in), 2:4 along ``in``, is cuSPARSELt's structured operand A (row-major, opA = N); x (batch, in)
+row-major is B with opB = T; y is written column-major (out, batch) with ld = out, which is y (batch, out)
+row-major in memory: no copies. The weight is checked with the library's prune check and compressed once;
+a plan and its algorithm search are cached per batch size; every call runs on the current CuPy stream.
+
+Needs CuPy, nvmath-python (``nvmath.bindings.cusparseLt``; CuPy's wheels ship no cuSPARSELt module) and
+libcusparseLt (``nvidia-cusparselt-cu13``). Imported lazily: ``import nmref`` never loads it.
+"""
+import weakref
+
+import numpy as np
+
+SPARSE_MULTIPLE = {"float16": 16, "bfloat16": 16, "int8": 32}      # W rows, cols and ld
+DENSE_MULTIPLE = {"float16": 8, "bfloat16": 8, "int8": 16}         # batch: rows of x, columns of y^T
+OUT_DTYPES = {"float16": ("float16",), "bfloat16": ("bfloat16",),
+              "int8": ("int32", "int8", "float16", "bfloat16")}
+ALIGNMENT = 16                                                     # bytes, every operand pointer
+_CUDA_DTYPE = {"float16": 2, "bfloat16": 14, "int8": 3, "int32": 10, "float32": 0}   # cudaDataType
+_ORDER_COL, _ORDER_ROW = 1, 2                                      # cusparseOrder_t
+_OP_N, _OP_T = 0, 1                                                # cusparseOperation_t
+_COMPUTE_32I, _COMPUTE_32F = 0, 2                                  # cusparseComputeType
+_SPARSITY_50 = 0
+_BIAS_POINTER = 8                                                  # CUSPARSELT_MATMUL_BIAS_POINTER
+_ALG_DEFAULT = 0
+
+
+def _bindings():
+    """(cupy, nvmath.bindings.cusparseLt), or a RuntimeError that says what to install."""
+    try:
+        import cupy
+    except ImportError as exc:
+        raise RuntimeError("nmref.cusparselt needs CuPy and a CUDA GPU: pip install -e '.[gpu]'") from exc
+    try:
+        from nvmath.bindings import cusparseLt
+    except Exception as exc:
+        raise RuntimeError("nmref.cusparselt needs nvmath-python for its cuSPARSELt bindings (CuPy's wheels "
+                           "ship none): pip install nvmath-python nvidia-cusparselt-cu13") from exc
+    try:
+        n_devices = cupy.cuda.runtime.getDeviceCount()
+    except Exception as exc:
+        raise RuntimeError(f"nmref.cusparselt needs a CUDA GPU, and CUDA reports none ({exc})") from exc
+    if n_devices == 0:
+        raise RuntimeError("nmref.cusparselt needs a CUDA GPU, and CUDA reports none")
+    return cupy, cusparseLt
+
+
+def dtype_name(a):
+    """'float16', 'bfloat16' (ml_dtypes), 'int8', ... for a NumPy or CuPy array."""
+    return np.dtype(a.dtype).name
+
+
+def np_dtype(name):
+    """np.dtype for a name, 'bfloat16' included (from ml_dtypes, which CuPy 14 uses for bfloat16)."""
+    if name == "bfloat16":
+        import ml_dtypes
+        return np.dtype(ml_dtypes.bfloat16)
+    return np.dtype(name)
+
+
+def check_weight_shape(shape, dtype):
+    """Raise unless W (out, in) meets cuSPARSELt's rules for a structured operand of this dtype."""
+    if dtype not in SPARSE_MULTIPLE:
+        raise TypeError(f"weight dtype {dtype} is not supported by the 2:4 path; use one of "
+                        f"{tuple(SPARSE_MULTIPLE)} (cast with w.astype('float16'))")
+    if len(shape) != 2:
+        raise ValueError(f"weight must be 2-D (out_features, in_features), got shape {tuple(shape)}")
+    mult = SPARSE_MULTIPLE[dtype]
+    for name, size in (("out_features", shape[0]), ("in_features", shape[1])):
+        if size <= 0 or size % mult:
+            padded = max(mult, -(-size // mult) * mult)
+            raise ValueError(f"{name}={size} is not a positive multiple of {mult} (cuSPARSELt's rule for the "
+                             f"sparse operand in {dtype}); pad the weight's {name} with zeros to {padded}")
+
+
+def check_batch(batch, dtype):
+    """Raise unless the batch (rows of x) meets cuSPARSELt's rule for the dense operand."""
+    mult = DENSE_MULTIPLE[dtype]
+    if batch <= 0 or batch % mult:
+        padded = max(mult, -(-batch // mult) * mult)
+        raise ValueError(f"batch={batch} is not a positive multiple of {mult} (cuSPARSELt's rule for the dense "
+                         f"operand in {dtype}); pad x with zero rows to {padded} and drop them from y")
+
+
+def _check_operand(a, name, cupy, device_id=None):
+    if not isinstance(a, cupy.ndarray):
+        raise TypeError(f"{name} must be a CuPy array on the GPU, got {type(a).__name__}; "
+                        "move it with nmref.to_device(a, 'gpu')")
+    if not a.flags.c_contiguous:
+        raise ValueError(f"{name} must be C-contiguous (row-major); pass cupy.ascontiguousarray({name})")
+    if a.data.ptr % ALIGNMENT:
+        raise ValueError(f"{name} must start on a {ALIGNMENT}-byte boundary (its pointer is "
+                         f"{a.data.ptr:#x}); pass a fresh copy: {name}.copy()")
+    if device_id is not None and a.device.id != device_id:
+        raise ValueError(f"{name} is on GPU {a.device.id}, the weight on GPU {device_id}")
+
+
+def _first_bad_group(weight):
+    """(row, col) of the first group of 4 along in_features with more than 2 non-zeros, or None."""
+    out_features, in_features = weight.shape
+    nonzero = (weight != 0).reshape(out_features, in_features // 4, 4).sum(axis=2)   # (out, in/4)
+    bad = (nonzero > 2).ravel()
+    if not bool(bad.any()):
+        return None
+    flat = int(bad.argmax())
+    return flat // (in_features // 4), 4 * (flat % (in_features // 4)), int(nonzero.ravel()[flat])
+
+
+class _Resources:
+    """The native objects of one SparseMatmul, released in reverse order; safe to release twice."""
+
+    def __init__(self, lt):
+        self.lt = lt
+        self.handle = None
+        self.mat_descs, self.matmul_descs, self.alg_sels, self.plans = [], [], [], []
+        self.buffers = []          # CuPy device memory that must outlive the plans
+        self.released = False
+
+    def release(self):
+        if self.released:
+            return
+        self.released = True
+        lt = self.lt
+        steps = ([(lt.matmul_plan_destroy, p) for p in self.plans]
+                 + [(lt.matmul_alg_selection_destroy, a) for a in self.alg_sels]
+                 + [(lt.matmul_descriptor_destroy, m) for m in self.matmul_descs]
+                 + [(lt.mat_descriptor_destroy, d) for d in self.mat_descs])
+        if self.handle is not None:
+            steps.append((lt.destroy, self.handle))
+        for destroy, obj in steps:
+            try:
+                destroy(obj)
+            except Exception:
+                pass               # at interpreter exit the CUDA context may already be gone
+        self.plans, self.alg_sels, self.matmul_descs, self.mat_descs = [], [], [], []
+        self.handle, self.buffers = None, []
+
+
+class _Plan:
+    __slots__ = ("plan", "workspace", "workspace_ptr")
+
+
+class SparseMatmul:
+    """y = x @ W.T (+ bias) for a 2:4 weight W (out, in) on the GPU, through cuSPARSELt.
+
+    weight: CuPy array (out, in), float16, bfloat16 (ml_dtypes) or int8, C-contiguous, at most 2 non-zeros
+    in every group of 4 along ``in``. bias: (out,) or None; it is cast to the output dtype (float32 for int8
+    inputs, cuSPARSELt's bias type there). out_dtype: the input dtype for float16/bfloat16; int32 (default),
+    int8, float16 or bfloat16 for int8 inputs. search: run cuSPARSELt's algorithm search once per batch size.
+    The object keeps only the compressed weight; call ``close()`` (or use ``with``) to free it early.
+    """
+
+    def __init__(self, weight, bias=None, out_dtype=None, search=True, compress_api="v2"):
+        cupy, lt = _bindings()
+        self._cupy, self._lt = cupy, lt
+        _check_operand(weight, "weight", cupy)
+        self.dtype = dtype_name(weight)
+        check_weight_shape(weight.shape, self.dtype)
+        self.out_features, self.in_features = weight.shape
+        self.out_dtype = out_dtype_name = self._out_dtype(out_dtype)
+        self.search = search
+        self.device_id = weight.device.id
+        major = int(cupy.cuda.Device(self.device_id).compute_capability[:-1])
+        if major < 8:
+            raise RuntimeError("cuSPARSELt needs a GPU of compute capability 8.0 or newer (Ampere, Hopper, ...); "
+                               f"GPU {self.device_id} is {cupy.cuda.Device(self.device_id).compute_capability}")
+        self._res = _Resources(lt)
+        self._finalizer = weakref.finalize(self, self._res.release)
+        self._plans = {}
+        bias_dtype = "float32" if self.dtype == "int8" else out_dtype_name
+        self.bias = None if bias is None else self._prepare_bias(bias, bias_dtype)
+        self._bias_ptr = np.array([0 if self.bias is None else self.bias.data.ptr], dtype=np.uint64)
+        self._alpha, self._beta = np.ones(1, np.float32), np.zeros(1, np.float32)
+        try:
+            self._res.handle = lt.init()
+        except Exception as exc:
+            self.close()
+            raise RuntimeError(f"cuSPARSELt did not start ({type(exc).__name__}: {exc}); it needs libcusparseLt.so.0 "
+                               "(pip install nvidia-cusparselt-cu13) and a working CUDA driver") from exc
+        self._weight_desc = lt.structured_descriptor_init(self._res.handle, self.out_features, self.in_features,
+                                                          self.in_features, ALIGNMENT, _CUDA_DTYPE[self.dtype],
+                                                          _ORDER_ROW, _SPARSITY_50)
+        self._res.mat_descs.append(self._weight_desc)
+        if compress_api == "v2":
+            self._check_and_compress_v2(weight)
+        elif compress_api == "plan":
+            self._check_and_compress_with_plan(weight)
+        else:
+            raise ValueError(f"compress_api={compress_api!r} is not 'v2' or 'plan'")
+
+    def _out_dtype(self, out_dtype):
+        allowed = OUT_DTYPES[self.dtype]
+        name = allowed[0] if out_dtype is None else out_dtype if isinstance(out_dtype, str) else np.dtype(out_dtype).name
+        if name not in allowed:
+            raise TypeError(f"out_dtype={name} is not available for {self.dtype} inputs; choose one of {allowed}")
+        return name
+
+    def _prepare_bias(self, bias, dtype):
+        cupy = self._cupy
+        if not isinstance(bias, cupy.ndarray):
+            raise TypeError(f"bias must be a CuPy array on the GPU, got {type(bias).__name__}")
+        if bias.shape != (self.out_features,):
+            raise ValueError(f"bias has shape {bias.shape}; it must be (out_features,) = ({self.out_features},)")
+        return cupy.ascontiguousarray(bias.astype(np_dtype(dtype)))
+
+    def _stream_ptr(self):
+        return self._cupy.cuda.get_current_stream().ptr
+
+    def _dense_desc(self, rows, cols, ld, dtype, order):
+        desc = self._lt.dense_descriptor_init(self._res.handle, rows, cols, ld, ALIGNMENT, _CUDA_DTYPE[dtype], order)
+        self._res.mat_descs.append(desc)
+        return desc
+
+    def _report_invalid(self, weight):
+        bad = _first_bad_group(weight)
+        where = "" if bad is None else (f": row {bad[0]}, columns {bad[1]}..{bad[1] + 3} hold {bad[2]} non-zeros")
+        self.close()
+        raise ValueError(f"weight is not 2:4 sparse along in_features (cuSPARSELt's prune check refused it{where}); "
+                         "mask it first, e.g. w * nmref.nm_mask(w, 2, 4) (at most 2 non-zeros in every 4)")
+
+    def _check_and_compress_v2(self, weight):
+        cupy, lt, h = self._cupy, self._lt, self._res.handle
+        stream = self._stream_ptr()
+        valid = cupy.full(1, -1, dtype=cupy.int32)
+        lt.sp_mma_prune_check2(h, self._weight_desc, 1, _OP_N, weight.data.ptr, valid.data.ptr, stream)
+        if int(valid.get()[0]) != 0:
+            self._report_invalid(weight)
+        size, buffer_size = lt.sp_mma_compressed_size2(h, self._weight_desc)
+        self.compressed = cupy.empty(size, dtype=cupy.uint8)
+        buffer = cupy.empty(max(buffer_size, 1), dtype=cupy.uint8)
+        lt.sp_mma_compress2(h, self._weight_desc, 1, _OP_N, weight.data.ptr, self.compressed.data.ptr,
+                            buffer.data.ptr, stream)
+        cupy.cuda.get_current_stream().synchronize()
+
+    def _check_and_compress_with_plan(self, weight):
+        """The same through the plan-based calls (cuSPARSELt 0.7+'s preferred API), with a nominal batch."""
+        cupy, lt, h = self._cupy, self._lt, self._res.handle
+        stream = self._stream_ptr()
+        matmul_desc, plan = self._matmul_plan(DENSE_MULTIPLE[self.dtype] * 4)
+        valid = cupy.full(1, -1, dtype=cupy.int32)
+        lt.sp_mma_prune_check(h, matmul_desc, weight.data.ptr, valid.data.ptr, stream)
+        if int(valid.get()[0]) != 0:
+            self._report_invalid(weight)
+        size, buffer_size = lt.sp_mma_compressed_size(h, plan)
+        self.compressed = cupy.empty(size, dtype=cupy.uint8)
+        buffer = cupy.empty(max(buffer_size, 1), dtype=cupy.uint8)
+        lt.sp_mma_compress(h, plan, weight.data.ptr, self.compressed.data.ptr, buffer.data.ptr, stream)
+        cupy.cuda.get_current_stream().synchronize()
+
+    def _matmul_plan(self, batch):
+        lt, h = self._lt, self._res.handle
+        x_desc = self._dense_desc(batch, self.in_features, self.in_features, self.dtype, _ORDER_ROW)
+        y_desc = self._dense_desc(self.out_features, batch, self.out_features, self.out_dtype, _ORDER_COL)
+        compute = _COMPUTE_32I if self.dtype == "int8" else _COMPUTE_32F
+        matmul_desc = lt.matmul_descriptor_init(h, _OP_N, _OP_T, self._weight_desc, x_desc, y_desc, y_desc, compute)
+        self._res.matmul_descs.append(matmul_desc)
+        if self.bias is not None:
+            lt.matmul_desc_set_attribute(h, matmul_desc, _BIAS_POINTER, self._bias_ptr.ctypes.data, 8)
+        alg_sel = lt.matmul_alg_selection_init(h, matmul_desc, _ALG_DEFAULT)
+        self._res.alg_sels.append(alg_sel)
+        plan = lt.matmul_plan_init(h, matmul_desc, alg_sel)
+        self._res.plans.append(plan)
+        return matmul_desc, plan
+
+    def _workspace(self, entry):
+        size = self._lt.matmul_get_workspace(self._res.handle, entry.plan)
+        if entry.workspace is None or entry.workspace.size < size:
+            entry.workspace = self._cupy.empty(max(size, 1), dtype=self._cupy.uint8)
+            self._res.buffers.append(entry.workspace)
+            entry.workspace_ptr = entry.workspace.data.ptr
+
+    def _new_plan(self, x, y, streams):
+        entry = _Plan()
+        _, entry.plan = self._matmul_plan(x.shape[0])
+        entry.workspace = None
+        self._workspace(entry)
+        if self.search:
+            self._lt.matmul_search(self._res.handle, entry.plan, self._alpha.ctypes.data, self.compressed.data.ptr,
+                                   x.data.ptr, self._beta.ctypes.data, y.data.ptr, y.data.ptr, entry.workspace_ptr,
+                                   streams.ctypes.data, 1)
+            self._workspace(entry)
+        self._plans[x.shape[0]] = entry
+        return entry
+
+    @property
+    def batch_sizes(self):
+        """Batch sizes with a cached plan."""
+        return sorted(self._plans)
+
+    def __call__(self, x, out=None):
+        """y (batch, out) = x (batch, in) @ W.T (+ bias), on the current CuPy stream."""
+        if self._res.released:
+            raise RuntimeError("this SparseMatmul was closed; build a new one from the weight")
+        cupy = self._cupy
+        _check_operand(x, "x", cupy, self.device_id)
+        if x.ndim != 2 or x.shape[1] != self.in_features:
+            raise ValueError(f"x has shape {x.shape}; it must be (batch, in_features={self.in_features})")
+        if dtype_name(x) != self.dtype:
+            raise TypeError(f"x is {dtype_name(x)} but the weight is {self.dtype}; cast x with x.astype(...)")
+        batch = x.shape[0]
+        check_batch(batch, self.dtype)
+        if out is None:
+            out = cupy.empty((batch, self.out_features), dtype=np_dtype(self.out_dtype))
+        else:
+            _check_operand(out, "out", cupy, self.device_id)
+            if out.shape != (batch, self.out_features) or dtype_name(out) != self.out_dtype:
+                raise ValueError(f"out must be ({batch}, {self.out_features}) {self.out_dtype}, "
+                                 f"got {out.shape} {dtype_name(out)}")
+        streams = np.array([self._stream_ptr()], dtype=np.uint64)
+        entry = self._plans.get(batch) or self._new_plan(x, out, streams)
+        self._lt.matmul(self._res.handle, entry.plan, self._alpha.ctypes.data, self.compressed.data.ptr,
+                        x.data.ptr, self._beta.ctypes.data, out.data.ptr, out.data.ptr, entry.workspace_ptr,
+                        streams.ctypes.data, 1)
+        return out
+
+    matmul = __call__
+
+    def close(self):
+        """Release the plans, descriptors, handle and device buffers now (also done when the object goes)."""
+        self._finalizer()
+        self._plans = {}
+        self.compressed = self.bias = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __repr__(self):
+        state = "closed" if self._res.released else f"plans for batch {self.batch_sizes}"
+        return (f"SparseMatmul(({self.out_features}, {self.in_features}) {self.dtype} 2:4 -> {self.out_dtype}, "
+                f"bias={self.bias is not None}, {state})")
+
+
+class SparseLinear:
+    """Inference stand-in for a trained nmref Linear: forward(x) = x @ W~.T + b with W~ 2:4 on cuSPARSELt."""
+
+    def __init__(self, layer, dtype="float16"):
+        cupy, _ = _bindings()
+        w = layer.weight.value
+        w_tilde = layer.method.masked(w)                                    # (out, in)
+        w_gpu = cupy.ascontiguousarray(cupy.asarray(w_tilde).astype(np_dtype(dtype)))
+        bias = None if layer.bias is None else cupy.asarray(layer.bias.value)
+        self.dtype, self.in_features = dtype_name(w_gpu), w_gpu.shape[1]
+        self.matmul = SparseMatmul(w_gpu, bias)
+
+    def forward(self, x, train=False):
+        if train:
+            raise RuntimeError("SparseLinear is for inference; train with nmref.layers.Linear")
+        cupy = self.matmul._cupy
+        batch = x.shape[0]
+        padded = -(-batch // DENSE_MULTIPLE[self.dtype]) * DENSE_MULTIPLE[self.dtype]
+        x_in = cupy.zeros((padded, self.in_features), dtype=np_dtype(self.dtype))   # (padded, in)
+        x_in[:batch] = cupy.asarray(x)
+        y = self.matmul(x_in)[:batch]                                       # (batch, out)
+        return y.astype(x.dtype)
+
+    __call__ = forward
+
+    def params(self):
+        return []
+
+    def close(self):
+        self.matmul.close()
+
+
+def to_cusparselt(layer, dtype="float16"):
+    """A SparseLinear for inference from a trained Linear whose forward weight is 2:4 (SR-STE/STE/LBC 2:4)."""
+    return SparseLinear(layer, dtype)
