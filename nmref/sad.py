@@ -83,7 +83,8 @@ class SADTracker:
         if self.shapes is None:
             raise RuntimeError("call SADTracker.start(masks) with the initial masks before step / end_epoch")
         if set(named_masks) != set(self.shapes):
-            raise ValueError(f"layers {sorted(named_masks)} differ from those given to start: {sorted(self.shapes)}")
+            raise ValueError(f"layers {sorted(named_masks)} differ from those given to start: "
+                             f"{sorted(self.shapes)}")
 
     def step(self, named_masks):
         """Add the flips between this step's forward masks and the previous step's."""

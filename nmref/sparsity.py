@@ -142,7 +142,8 @@ class SRSTE(STE):
 class Fixed(STE):
     """Dense until epoch ``fix_at`` starts, then the N:M mask of the weights at that moment, kept for good;
     dW = E * g (ASP-style fine-tuning). With fix_at=0 the mask comes from the weights the run starts from
-    (e.g. a dense checkpoint loaded into the model before training)."""
+    (e.g. a dense checkpoint loaded into the model before training). The mask is taken at ``on_epoch(fix_at)``
+    or at the first forward from that epoch on, whichever comes first; ``fix()`` retakes it on demand."""
 
     def __init__(self, n, m, fix_at=0, straddle=False):
         super().__init__(n, m, straddle)

@@ -142,11 +142,30 @@ def test_fixed_from_loaded_dense_weights(rng):
             method.on_epoch(0, 3)
         method.masked(method.weight.value)
         assert np.array_equal(method.mask, nm_mask(checkpoint, 2, 4, "conv"))
-    method = Fixed.from_weights(checkpoint, 2, 4, layout="conv").bind(Param(rng.standard_normal(checkpoint.shape)), "conv")
+    fresh_weight = Param(rng.standard_normal(checkpoint.shape))
+    method = Fixed.from_weights(checkpoint, 2, 4, layout="conv").bind(fresh_weight, "conv")
     method.masked(method.weight.value)
     assert np.array_equal(method.mask, nm_mask(checkpoint, 2, 4, "conv"))
     with pytest.raises(ValueError, match="build the mask from this layer"):
         Fixed.from_weights(checkpoint, 2, 4, layout="conv").bind(Param(rng.standard_normal((4, 8, 1, 1))), "conv")
+
+
+def test_fixed_in_a_layer_takes_the_loaded_weights(rng):
+    """The --init-from flow through a real layer: build, load the dense weights, train with a fixed mask."""
+    from nmref.layers import Linear
+    from nmref.optim import SGD
+    layer = Linear(8, 4, method=make_method("fixed", "2:4"), rng=0, dtype=np.float64)
+    dense = rng.standard_normal((4, 8))
+    layer.weight.value = dense.copy()
+    opt = SGD(layer.params(), lr=0.1, momentum=0.9)
+    for epoch in range(2):
+        layer.method.on_epoch(epoch, 2)
+        y = layer.forward(rng.standard_normal((3, 8)))
+        layer.backward(y)                                                     # L = |y|^2 / 2
+        assert np.array_equal(layer.method.mask, nm_mask(dense, 2, 4))
+        assert np.all(layer.weight.grad[~layer.method.mask] == 0)
+        opt.step()
+    assert np.array_equal(layer.weight.value[~layer.method.mask], dense[~layer.method.mask])
 
 
 def test_fixed_state_dict_roundtrip(rng):
