@@ -182,10 +182,17 @@ def lbc_tables_file():
     return "LBC combination tables and removal schedules", definition, arrays
 
 
-def _scores_with_removed(rng, n_groups, c):
+def _scores_with_removed(rng, n_groups, c, max_alive=None):
+    """Signed scores (G, C) with removed (0) combinations: each alive with probability 0.6, or (max_alive)
+    1 to max_alive alive per group, so the mask is genuinely sparse even for large C."""
     alpha = rng.uniform(-0.5, 1.0, (n_groups, c))                       # (G, C)
-    dead = rng.random((n_groups, c)) < 0.4                              # (G, C)
-    dead[:, 0] &= ~dead.all(axis=1)                                     # every group keeps one alive
+    if max_alive is None:
+        dead = rng.random((n_groups, c)) < 0.4                          # (G, C)
+        dead[:, 0] &= ~dead.all(axis=1)                                 # every group keeps one alive
+    else:
+        counts = rng.integers(1, max_alive + 1, n_groups)               # (G,)
+        ranks = np.argsort(rng.random((n_groups, c)), axis=1)           # (G, C) random order
+        dead = ranks >= counts[:, None]
     alpha[dead] = 0.0
     return alpha
 
@@ -199,7 +206,7 @@ def lbc_grads_file(rng):
         w = rng.standard_normal(shape)                                  # like the weight
         g = rng.standard_normal(shape)                                  # dL/dW~
         w_groups, g_groups = to_groups(w, m, layout), to_groups(g, m, layout)   # (G, M)
-        alpha = _scores_with_removed(rng, w_groups.shape[0], len(table))       # (G, C)
+        alpha = _scores_with_removed(rng, w_groups.shape[0], len(table), 3)    # (G, C)
         alive = alpha != 0                                              # (G, C)
         group_mask = mask_from_scores(alpha, alive, table)              # (G, M)
         mask = from_groups(group_mask, shape, layout)                  # like w
