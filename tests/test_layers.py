@@ -490,6 +490,10 @@ def test_constructors_reject_bad_options():
         Conv2d(8, 4, 3, layout="nhwc", rng=r)
     with pytest.raises(ValueError, match="BatchNorm momentum"):
         BatchNorm(4, momentum=1.5)
+    with pytest.raises(ValueError, match="BatchNorm eps=0 must be positive"):
+        BatchNorm(4, eps=0)
+    with pytest.raises(TypeError, match="MaxPool1d stride must be an int"):
+        MaxPool1d(2, (2, 2))
     with pytest.raises(TypeError, match="Sequential argument 1 is a int"):
         Sequential(ReLU(), 3)
     assert Conv2d(8, 4, 3, layout="nchw_flatten", rng=r).layout == "nchw_flatten"
