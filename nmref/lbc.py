@@ -199,19 +199,34 @@ def lowest_reference(alpha, alive, k):
 
 
 def lowest(alpha, alive, k, chunk=None):
-    """Same as ``lowest_reference`` in O(G C): a partition finds the k-th value, ties at it go by index."""
+    """Same as ``lowest_reference`` in O(G C). Groups with exactly k dead combinations (every step but the
+    first of an epoch in strict mode) choose them directly; the others partition for the k-th value and
+    break ties at it by index."""
     xp = array_module(alpha)
     chosen = xp.zeros(alpha.shape, dtype=bool)                                   # (G, C)
     if k == 0:
         return chosen
     rows = _chunk_rows(alpha.shape[1], chunk)
     for s in range(0, alpha.shape[0], rows):
-        key = _ranking_key(alpha[s:s + rows], alive[s:s + rows])                # (B, C)
-        kth = xp.partition(key, k - 1, axis=1)[:, k - 1:k]                      # (B, 1)
-        below = key < kth                                                        # (B, C)
-        need = k - below.sum(axis=1, keepdims=True)                              # (B, 1)
-        ties = key == kth                                                        # (B, C)
-        chosen[s:s + rows] = below | (ties & (xp.cumsum(ties, axis=1) <= need))
+        dead = ~alive[s:s + rows]                                                # (B, C)
+        block = chosen[s:s + rows]                                               # (B, C) view
+        exact = xp.count_nonzero(dead, axis=1) == k                              # (B,)
+        if bool(exact.all()):
+            block[...] = dead
+            continue
+        block[exact] = dead[exact]
+        todo = xp.flatnonzero(~exact)                                            # (B',)
+        key = _ranking_key(alpha[s:s + rows][todo], ~dead[todo])                # (B', C)
+        kth = xp.partition(key, k - 1, axis=1)[:, k - 1:k]                      # (B', 1)
+        pick = key <= kth                                                        # (B', C)
+        tied = xp.flatnonzero(xp.count_nonzero(pick, axis=1) > k)               # rows tied at kth
+        if tied.size:
+            key_t, kth_t = key[tied], kth[tied]                                  # (T, C), (T, 1)
+            below = key_t < kth_t                                                # (T, C)
+            ties = key_t == kth_t                                                # (T, C)
+            need = k - below.sum(axis=1, keepdims=True)                          # (T, 1)
+            pick[tied] = below | (ties & (xp.cumsum(ties, axis=1) <= need))
+        block[todo] = pick
     return chosen
 
 
@@ -246,8 +261,10 @@ def remove_lowest(alpha, alive, k, mode="strict", chunk=None):
     else:
         alive &= alpha != 0
     removed = lowest(alpha, alive, int(k), chunk)                                # (G, C)
-    alpha[removed] = 0
-    alive[removed] = False
+    kept = ~removed                                                              # (G, C)
+    alpha *= kept                                                                # branch-free zeroing
+    alpha += 0.0                                                                 # -0.0 -> +0.0, others exact
+    alive &= kept
     return removed
 
 

@@ -131,7 +131,7 @@ def test_remove_lowest_rules():
     # zeros first, then the lowest signed score; ties: the lower index goes first
     np.testing.assert_array_equal(removed, [[0, 1, 1, 0, 0, 0], [0, 0, 0, 1, 1, 0]])
     np.testing.assert_array_equal(alive, ~removed)
-    assert np.all(alpha[removed] == 0)
+    assert np.all(alpha[removed] == 0) and not np.signbit(alpha[removed]).any()
     removed = remove_lowest(alpha, alive, 3)
     np.testing.assert_array_equal(removed, [[0, 1, 1, 0, 0, 1], [0, 0, 0, 1, 1, 1]])
     alpha[0, 1] = 0.9                                                 # a removed score moved off 0
