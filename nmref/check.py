@@ -297,46 +297,52 @@ def check_tensor(name, w, n_keep, m, layout, mask=None, mask_name=None, dtype=No
             "first_violations": rep["first_violations"], "compliant": bool(rep["compliant"])}
 
 
-def check_file(path, pattern, layout="auto", semantics="keep", include=None, masks=None):
+def collect_masks(source, masks_path=None):
+    """(weight -> mask array, weight -> mask label, mask entry -> its weight, unmatched masks, notes)."""
+    arrays, labels = dict(source.masks), {name: f"mask/{name}" for name in source.masks}
+    in_file = match_masks(source.tensors, source.tensors)
+    for weight, key in in_file.items():
+        arrays.setdefault(weight, source.tensors[key])
+        labels.setdefault(weight, key)
+    consumed = {key: weight for weight, key in in_file.items()}
+    if masks_path is None:
+        return arrays, labels, consumed, [], []
+    extra = read_tensors(masks_path)
+    pool = extra.masks if extra.format == "nmref-checkpoint" else extra.tensors
+    outside = match_masks(source.tensors, pool, separate_file=True)
+    for weight, key in outside.items():
+        arrays[weight], labels[weight] = pool[key], f"{os.fspath(masks_path)}:{key}"
+    return arrays, labels, consumed, sorted(set(pool) - set(outside.values())), extra.notes
+
+
+def check_file(path, pattern, layout="auto", semantics="keep", include=None, masks=None, all_weights=False):
     """Per-tensor N:M report (a JSON-ready dict, docs/crosscheck.md) of the weights in ``path``.
 
     pattern "n:m" or (n, m), n kept (``semantics="prune"``: n zeroed); layout one of LAYOUT_CHOICES;
     include a regular expression a tensor name must contain (re.search); masks a file of masks for the
-    dense weights in ``path``, matched by name (``mask_candidates``)."""
+    dense weights in ``path``, matched by name (``mask_candidates``). When masks are present (in ``path``,
+    an nmref checkpoint's mask/<name>, or ``masks``) they mark the sparse layers: weights without one are
+    skipped as dense unless ``all_weights``."""
     n_keep, m = resolve_pattern(pattern, semantics)
     if layout not in LAYOUT_CHOICES:
         raise ValueError(f"layout={layout!r} is not one of {LAYOUT_CHOICES}")
     regex = _compile(include)
     source = read_tensors(path)
-    mask_arrays, matched = dict(source.masks), {name: f"mask/{name}" for name in source.masks}
-    in_file = match_masks(source.tensors, source.tensors)
-    consumed = {k: w for w, k in in_file.items()}
-    for weight, key in in_file.items():
-        mask_arrays.setdefault(weight, source.tensors[key])
-        matched.setdefault(weight, key)
-    extra = read_tensors(masks) if masks is not None else None
-    unmatched = []
-    if extra is not None:
-        pool = extra.masks if extra.format == "nmref-checkpoint" else extra.tensors
-        outside = match_masks(source.tensors, pool, separate_file=True)
-        for weight, key in outside.items():
-            mask_arrays[weight], matched[weight] = pool[key], f"{masks}:{key}"
-        unmatched = sorted(set(pool) - set(outside.values()))
+    mask_arrays, labels, consumed, unmatched, mask_notes = collect_masks(source, masks)
     checked, skipped = [], []
     for name, w in source.tensors.items():
-        if name in consumed:
-            skipped.append(_skipped(name, w, source, f"mask of {consumed[name]!r}"))
-            continue
         used, why = skip_reason(name, w, n_keep, m, layout, regex)
-        if source.format == "nmref-checkpoint" and name not in mask_arrays and _not_excluded(why):
-            if ".weight." in name:
-                why, used = "method parameter (e.g. LBC scores), not a layer weight", None
-            elif used is not None:
-                why, used = f"dense layer in this nmref checkpoint (no mask/{name})", None
+        if name in consumed:
+            used, why = None, f"mask of {consumed[name]!r}"
+        elif source.format == "nmref-checkpoint" and ".weight." in name and why != "excluded by --include":
+            used, why = None, "method parameter (e.g. LBC scores), not a layer weight"
+        elif used is not None and mask_arrays and name not in mask_arrays and not all_weights:
+            used, why = None, "no mask: a dense layer (the file's masks mark the sparse layers; --all-weights " \
+                              "checks it too)"
         if used is None:
             skipped.append(_skipped(name, w, source, why))
             continue
-        checked.append(check_tensor(name, w, n_keep, m, used, mask_arrays.get(name), matched.get(name),
+        checked.append(check_tensor(name, w, n_keep, m, used, mask_arrays.get(name), labels.get(name),
                                     source.dtypes[name]))
     for name, why in source.unreadable.items():
         skipped.append({"name": name, "shape": None, "dtype": None, "reason": why})
@@ -349,16 +355,12 @@ def check_file(path, pattern, layout="auto", semantics="keep", include=None, mas
         "format": source.format, "masks_file": None if masks is None else os.fspath(masks),
         "pattern": {"spec": _spec(pattern), "semantics": semantics, "n_keep": n_keep, "m": m},
         "layout": layout, "layout_notes": {k: LAYOUT_NOTES[k] for k in sorted({t["layout"] for t in checked})},
-        "include": include, "tensors": checked, "skipped": skipped, "unmatched_masks": unmatched,
-        "notes": source.notes + (extra.notes if extra is not None else []),
+        "include": include, "all_weights": bool(all_weights), "tensors": checked, "skipped": skipped,
+        "unmatched_masks": unmatched, "notes": source.notes + mask_notes,
         "summary": {"checked": len(checked), "compliant": len(checked) - violating, "violating": violating,
                     "skipped": len(skipped)},
         "compliant": bool(checked) and violating == 0,
     }
-
-
-def _not_excluded(why):
-    return why is None or not why.startswith("excluded")
 
 
 def _compile(include):
@@ -450,6 +452,8 @@ def register_cli(subparsers):
                        help="keep (default): n counts kept weights; prune: n counts zeroed weights")
     check.add_argument("--include", metavar="REGEX", help="check only tensors whose name matches (re.search)")
     check.add_argument("--masks", metavar="FILE", help="masks for the dense weights in FILE, matched by name")
+    check.add_argument("--all-weights", action="store_true",
+                       help="also check weights that have no mask when the file has masks for others")
     check.add_argument("--json", action="store_true", help="print the JSON report (docs/crosscheck.md)")
     check.set_defaults(func=run_check)
     golden = subparsers.add_parser("golden", help="write versioned reference vectors for other implementations",
@@ -473,7 +477,8 @@ def _fail(command, exc):
 def run_check(args):
     """``nmref check``: print the report, return the exit code."""
     try:
-        report = check_file(args.file, args.pattern, args.layout, args.semantics, args.include, args.masks)
+        report = check_file(args.file, args.pattern, args.layout, args.semantics, args.include, args.masks,
+                            args.all_weights)
     except (CheckInputError, ValueError, TypeError, OSError) as exc:
         return _fail("check", exc)
     print(json.dumps(report, indent=1) if args.json else format_report(report))

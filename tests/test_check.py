@@ -118,7 +118,8 @@ def test_nmref_style_npz_checks_masked_weights_and_skips_state(tmp_path, rng, ca
     assert report["format"] == "nmref-checkpoint"
     assert list(checked) == ["0.weight"] and checked["0.weight"]["source"] == "weight*mask"
     assert checked["0.weight"]["mask"] == "mask/0.weight" and checked["0.weight"]["compliant"]
-    assert "no mask/2.weight" in skipped["2.weight"] and "LBC scores" in skipped["0.weight.scores"]
+    assert "no mask: a dense layer" in skipped["2.weight"] and "LBC scores" in skipped["0.weight.scores"]
+    assert "2.weight" in _by_name(check_file(path, "2:4", all_weights=True))[0]
     assert "state" in skipped["optimizer/momentum/0.weight"] and "state" in skipped["meta"]
     np.savez(path, **{"param/0.weight": dense, "mask/0.weight": np.ones_like(mask)})
     code, _, _ = _run(capsys, path, "--pattern", "2:4")
@@ -247,7 +248,8 @@ def test_json_schema(tmp_path, state, capsys):
     assert code == 1 == exit_code(report)
     assert report["schema_version"] == SCHEMA_VERSION
     top = {"schema_version": int, "nmref_version": str, "file": str, "format": str, "masks_file": type(None),
-           "pattern": dict, "layout": str, "layout_notes": dict, "include": type(None), "tensors": list,
+           "pattern": dict, "layout": str, "layout_notes": dict, "include": type(None), "all_weights": bool,
+           "tensors": list,
            "skipped": list, "unmatched_masks": list, "notes": list, "summary": dict, "compliant": bool}
     assert {k: type(v) for k, v in report.items()} == top
     tensor = {"name": str, "shape": list, "dtype": str, "layout": str, "source": str, "mask": type(None),
