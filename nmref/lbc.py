@@ -399,7 +399,9 @@ class LBC(Method):
 
     def density(self):
         """Forward density: kept fraction of the last forward's mask (of the current scores before any)."""
-        return super().density() if self.mask is not None else float(self.group_mask().mean())
+        if self.mask is not None or self.scores is None:
+            return super().density()
+        return float(self.group_mask().mean())
 
     def is_nm(self):
         """True when every group keeps at most n positions (the mask is deployable as N:M)."""
