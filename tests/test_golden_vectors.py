@@ -208,3 +208,17 @@ def test_lbc_step_against_torch(golden):
     assert rel(d["momentum_weight1"], opt.state[w]["momentum_buffer"].numpy()) < 1e-12
     assert rel(d["momentum_alpha1"], opt.state[a]["momentum_buffer"].numpy()) < 1e-12
     np.testing.assert_array_equal(d["alpha1"][removed.numpy()], 0.0)
+
+
+def test_crosscheck_doc_snippets_run(tmp_path, monkeypatch, capsys):
+    import pathlib
+    import re
+    doc = (pathlib.Path(__file__).parents[1] / "docs" / "crosscheck.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", doc, flags=re.S)
+    assert len(blocks) >= 6
+    monkeypatch.chdir(tmp_path)
+    namespace = {}
+    for block in blocks:
+        exec(compile(block, "docs/crosscheck.md", "exec"), namespace)
+    out = capsys.readouterr().out
+    assert "masks match, ties included" in out and "3.weight[1, 4:8]: more than 2 non-zeros" in out
