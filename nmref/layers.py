@@ -2,9 +2,10 @@
 Flatten, Sequential and a ResNet basic block.
 
 Every layer: ``forward(x, train=True) -> y`` keeps what the backward needs; ``backward(dy) -> dx`` sets
-(never adds to) each Param's ``.grad``; ``params()`` / ``named_params()``. A weight layer holds a dense
-weight W and a sparsity method: the forward uses W~ = method.masked(W), the backward computes
-g = dL/dW~ with W~ and hands it to ``method.weight_grad(g, W)`` (DESIGN.md, data flow).
+(never adds to) each Param's ``.grad``; ``params()`` / ``named_params()``. Weight layers and Sequential
+take ``backward(dy, input_grad=False)`` to skip dx where nobody needs it (the network's input).
+A weight layer holds a dense weight W and a sparsity method: the forward uses W~ = method.masked(W), the
+backward computes g = dL/dW~ with W~ and hands it to ``method.weight_grad(g, W)`` (DESIGN.md, data flow).
 
 Convolutions work internally in channels-last memory (N, H, W, C): im2col is one strided copy, the
 convolution one matmul, and the output is an NCHW view of channels-last memory, which the elementwise
@@ -112,16 +113,19 @@ def conv2d_forward(x, w, b, stride=(1, 1), padding=(0, 0)):
     return y, (x.shape, cols, w_rows, w.shape, stride, padding)
 
 
-def conv2d_backward(dy, cache):
-    """dx = col2im(dy @ w), dw = dy^T @ cols, db = sum of dy; col2im adds kh*kw shifted slices."""
+def conv2d_backward(dy, cache, input_grad=True):
+    """dx = col2im(dy @ w), dw = dy^T @ cols, db = sum of dy; col2im adds kh*kw shifted slices.
+    ``input_grad=False`` skips dx (returned as None): the first layer of a network never needs it."""
     xp = array_module(dy)
     (n, c, h, wd), cols, w_rows, w_shape, (sh, sw), (ph, pw) = cache
     cout, _, kh, kw = w_shape
     ho, wo = dy.shape[2:]
     dy_rows = dy.transpose(0, 2, 3, 1).reshape(n * ho * wo, cout)                 # (N*Ho*Wo, Cout)
-    dw = dy_rows.T @ cols                                                         # (Cout, K)
-    dw = xp.ascontiguousarray(dw.reshape(cout, kh, kw, c).transpose(0, 3, 1, 2))  # (Cout, C, kh, kw)
+    dw = cols.T @ dy_rows                         # (K, Cout); OpenBLAS threads badly on dy_rows.T @ cols
+    dw = xp.ascontiguousarray(dw.reshape(kh, kw, c, cout).transpose(3, 2, 0, 1))  # (Cout, C, kh, kw)
     db = dy_rows.sum(axis=0)                                                      # (Cout,)
+    if not input_grad:
+        return None, dw, db
     dcols = (dy_rows @ w_rows).reshape(n, ho, wo, kh, kw, c)                      # (N, Ho, Wo, kh, kw, C)
     dx_pad = xp.zeros((n, h + 2 * ph, wd + 2 * pw, c), dtype=dy.dtype)            # (N, Hp, Wp, C)
     for i in range(kh):
@@ -139,33 +143,37 @@ def _window_slices(kernel, stride, out_size):
 
 
 def maxpool2d_forward(x, kernel, stride, layer="MaxPool2d"):
-    """y = max over each window; remembers which offset won (the first maximum, as PyTorch)."""
+    """y = max over each window, as kh*kw elementwise maxima of strided slices."""
     xp = array_module(x)
     out_size = _output_size(layer, x.shape[2:], kernel, stride, (0, 0))
     slices = _window_slices(kernel, stride, out_size)
-    y = x[slices[0]].copy()                                                       # (N, C, Ho, Wo)
-    winner = xp.zeros(y.shape, dtype=np.int8 if len(slices) < 128 else np.int32)  # (N, C, Ho, Wo)
-    for k, index in enumerate(slices[1:], start=1):
-        candidate = x[index]                                                      # (N, C, Ho, Wo)
-        better = candidate > y
-        y = xp.maximum(y, candidate)
-        winner = xp.where(better, winner.dtype.type(k), winner)
-    return y, (x.shape, x.dtype, winner, slices, kernel, stride)
+    y = xp.copy(x[slices[0]])                                                     # (N, C, Ho, Wo)
+    for index in slices[1:]:
+        xp.maximum(y, x[index], out=y)
+    return y, (x, y, slices, kernel, stride)
 
 
 def maxpool2d_backward(dy, cache):
-    """dx gets dy at the winning position of each window, zero elsewhere."""
+    """dx gets dy at the first position (row-major in the window) equal to the maximum, as PyTorch."""
     xp = array_module(dy)
-    x_shape, dtype, winner, slices, kernel, stride = cache
-    dx = xp.zeros(x_shape, dtype=dtype)                                           # (N, C, H, W)
+    x, y, slices, kernel, stride = cache
+    ho, wo = y.shape[2:]
     overlapping = kernel[0] > stride[0] or kernel[1] > stride[1]
-    zero = dy.dtype.type(0)
+    covered = kernel == stride and x.shape[2:] == (ho * kernel[0], wo * kernel[1])
+    dx = xp.empty_like(x) if covered else xp.zeros_like(x)                        # (N, C, H, W), x's memory order
+    taken = None
     for k, index in enumerate(slices):
-        routed = xp.where(winner == k, dy, zero)                                  # (N, C, Ho, Wo)
-        if overlapping:
-            dx[index] += routed
+        hit = x[index] == y                                                       # (N, C, Ho, Wo)
+        if taken is None:
+            winner, taken = hit, xp.copy(hit)
         else:
-            dx[index] = routed
+            winner = hit & ~taken
+            if k + 1 < len(slices):
+                taken |= hit
+        if overlapping:
+            dx[index] += dy * winner
+        else:
+            xp.multiply(dy, winner, out=dx[index])
     return dx
 
 
@@ -269,10 +277,10 @@ class Linear(WeightLayer):
         self._cache = (x, w_t)
         return y
 
-    def backward(self, dy):
+    def backward(self, dy, input_grad=True):
         x, w_t = self._cache
         self._set_grads(dy.T @ x, dy.sum(axis=0))                                 # (out, in), (out,)
-        return dy @ w_t                                                           # (B, in)
+        return dy @ w_t if input_grad else None                                   # (B, in)
 
     def __repr__(self):
         return f"Linear({self.in_features}, {self.out_features}, bias={self.bias is not None}, method={self.method!r})"
@@ -300,8 +308,8 @@ class Conv2d(WeightLayer):
         y, self._cache = conv2d_forward(x, w_t, b, self.stride, self.padding)
         return y                                                                  # (N, Cout, Ho, Wo)
 
-    def backward(self, dy):
-        dx, g, db = conv2d_backward(dy, self._cache)
+    def backward(self, dy, input_grad=True):
+        dx, g, db = conv2d_backward(dy, self._cache, input_grad)
         self._set_grads(g, db)
         return dx                                                                 # (N, Cin, H, W)
 
@@ -332,10 +340,10 @@ class Conv1d(WeightLayer):
                                         (0, self.padding))
         return y[:, :, 0, :]                                                      # (N, Cout, Lo)
 
-    def backward(self, dy):
-        dx, g, db = conv2d_backward(dy[:, :, None, :], self._cache)
+    def backward(self, dy, input_grad=True):
+        dx, g, db = conv2d_backward(dy[:, :, None, :], self._cache, input_grad)
         self._set_grads(g[:, :, 0, :], db)
-        return dx[:, :, 0, :]                                                     # (N, Cin, L)
+        return None if dx is None else dx[:, :, 0, :]                             # (N, Cin, L)
 
     def __repr__(self):
         return (f"Conv1d({self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
@@ -570,10 +578,14 @@ class Sequential(Container):
             x = layer.forward(x, train)
         return x
 
-    def backward(self, dy):
-        for layer in reversed(self.layers):
+    def backward(self, dy, input_grad=True):
+        """dL/dx; ``input_grad=False`` returns None and lets a first weight layer skip computing it."""
+        for i in range(len(self.layers) - 1, -1, -1):
+            layer = self.layers[i]
+            if i == 0 and not input_grad and isinstance(layer, WeightLayer):
+                return layer.backward(dy, input_grad=False)
             dy = layer.backward(dy)
-        return dy
+        return dy if input_grad else None
 
     def __getitem__(self, i):
         return self.layers[i]

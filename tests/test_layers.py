@@ -508,3 +508,21 @@ def test_method_params_are_named_after_their_weight(rng):
     assert names["1.weight.scores"] is model[1].method.scores
     assert all(p.name == n for n, p in names.items())
     assert sorted(Sequential(model).named_params()) == sorted("0." + n for n in names)
+
+
+@pytest.mark.parametrize("first", [
+    lambda r: (Conv2d(3, 4, 3, padding=1, rng=r, dtype=np.float64), (2, 3, 5, 5)),
+    lambda r: (Conv1d(3, 4, 3, rng=r, dtype=np.float64), (2, 3, 6)),
+    lambda r: (Linear(3, 4, rng=r, dtype=np.float64), (2, 3)),
+])
+def test_backward_without_input_grad_gives_the_same_param_grads(first, rng):
+    layer, shape = first(rng)
+    model = Sequential(layer, ReLU(), Flatten())
+    x = rng.standard_normal(shape)
+    dout = rng.standard_normal(model.forward(x).shape)
+    assert model.backward(dout).shape == x.shape
+    grads = {n: p.grad.copy() for n, p in model.named_params().items()}
+    model.forward(x)
+    assert model.backward(dout, input_grad=False) is None
+    for n, p in model.named_params().items():
+        np.testing.assert_array_equal(p.grad, grads[n])
