@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 import torch
 
+from nmref.backend import gpu_available
 from nmref.layers import (BatchNorm, Conv1d, Conv2d, Flatten, GlobalAvgPool, Linear, MaxPool1d, MaxPool2d,
                           ReLU, ResidualBlock, Sequential)
 from nmref.params import Param
@@ -100,8 +101,10 @@ def test_conv2d_matches_torch(seed, dtype, rng):
 
 @pytest.mark.parametrize("memory", ["channels_last", "strided"])
 def test_conv2d_accepts_any_memory_layout(memory, rng):
-    x_base = rng.standard_normal((2, 9, 11, 3))                                   # NHWC memory
-    x = x_base.transpose(0, 3, 1, 2) if memory == "channels_last" else rng.standard_normal((2, 3, 18, 22))[:, :, ::2, ::2]
+    if memory == "channels_last":
+        x = rng.standard_normal((2, 9, 11, 3)).transpose(0, 3, 1, 2)             # NHWC memory
+    else:
+        x = rng.standard_normal((2, 3, 18, 22))[:, :, ::2, ::2]
     layer = Conv2d(3, 4, 3, stride=2, padding=1, rng=rng, dtype=np.float64)
     module = torch.nn.Conv2d(3, 4, 3, 2, 1, dtype=torch.float64)
     copy_into(module.weight, layer.weight)
@@ -526,3 +529,35 @@ def test_backward_without_input_grad_gives_the_same_param_grads(first, rng):
     assert model.backward(dout, input_grad=False) is None
     for n, p in model.named_params().items():
         np.testing.assert_array_equal(p.grad, grads[n])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not gpu_available(), reason="needs CuPy and a CUDA GPU")
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_layers_on_cupy_match_numpy(dtype, rng):
+    """The same model and data on CPU and GPU: output, dx, every grad and the BN running stats."""
+    import cupy
+    from nmref.losses import softmax_cross_entropy
+    from nmref.optim import SGD
+    seed = int(rng.integers(1 << 30))
+    models = [small_cnn(method=lambda: SRSTE(2, 4), rng=np.random.default_rng(seed), dtype=dtype) for _ in range(2)]
+    models[1].to_device("gpu")
+    x = rng.standard_normal((4, 3, 10, 10)).astype(dtype)
+    labels = rng.integers(0, 5, 4)
+    results = []
+    for model, xp in zip(models, (np, cupy)):
+        opt = SGD(model.params(), lr=0.1, momentum=0.9)
+        for _ in range(2):
+            loss, dlogits = softmax_cross_entropy(model.forward(xp.asarray(x)), xp.asarray(labels))
+            dx = model.backward(dlogits)
+            opt.step()
+        grads = {n: cupy.asnumpy(p.grad) if xp is cupy else p.grad for n, p in model.named_params().items()}
+        buffers = {n: cupy.asnumpy(b) if xp is cupy else b for n, b in model.buffers().items()}
+        results.append((float(loss), cupy.asnumpy(dx) if xp is cupy else dx, grads, buffers))
+    (loss_cpu, dx_cpu, grads_cpu, buf_cpu), (loss_gpu, dx_gpu, grads_gpu, buf_gpu) = results
+    tol = TOL[dtype]
+    assert rel_err(loss_gpu, loss_cpu) < tol and rel_err(dx_gpu, dx_cpu) < tol
+    for n in grads_cpu:
+        assert rel_err(grads_gpu[n], grads_cpu[n]) < tol, n
+    for n in buf_cpu:
+        assert rel_err(buf_gpu[n], buf_cpu[n]) < tol, n
