@@ -351,6 +351,9 @@ class Conv1d(WeightLayer):
 
 
 # ---------------------------------------------------------------- normalisation and activations
+_EINSUM_AXES = {2: "nc", 3: "ncl", 4: "nchw"}        # per-channel sums over every axis but C: "nchw->c"
+
+
 class BatchNorm(Layer):
     """y = (x - mean) / sqrt(var + eps) * gamma + beta per channel (axis 1) of (N, C), (N, C, L) or (N, C, H, W).
 
@@ -375,16 +378,16 @@ class BatchNorm(Layer):
                              f"got shape {tuple(x.shape)}")
         _check_input("BatchNorm", x, x.ndim, "", self.num_features, self.weight.value.dtype)
         xp = array_module(x)
-        axes = (0, *range(2, x.ndim))
+        axes = _EINSUM_AXES[x.ndim]
         shape = (1, -1) + (1,) * (x.ndim - 2)
         count = x.size // x.shape[1]
         if train:
             if count < 2:
                 raise ValueError(f"BatchNorm needs more than one value per channel in training, got input "
                                  f"shape {tuple(x.shape)}; use a larger batch or forward(x, train=False)")
-            mean = x.mean(axis=axes)                                              # (C,)
+            mean = xp.einsum(f"{axes}->c", x) / count                             # (C,)
             centred = x - mean.reshape(shape)
-            var = (centred * centred).mean(axis=axes)                             # (C,)
+            var = xp.einsum(f"{axes},{axes}->c", centred, centred) / count        # (C,) biased
             m = self.momentum
             self.running_mean = (1 - m) * self.running_mean + m * mean
             self.running_var = (1 - m) * self.running_var + m * var * (count / (count - 1))
@@ -392,20 +395,25 @@ class BatchNorm(Layer):
             mean, var = self.running_mean, self.running_var
             centred = x - mean.reshape(shape)
         inv_std = 1.0 / xp.sqrt(var + self.eps)                                   # (C,)
-        x_hat = centred * inv_std.reshape(shape)
-        self._cache = (x_hat, inv_std, axes, shape, count, train)
-        return x_hat * self.weight.value.reshape(shape) + self.bias.value.reshape(shape)
+        scale = self.weight.value * inv_std                                       # (C,)
+        y = centred * scale.reshape(shape)
+        y += self.bias.value.reshape(shape)
+        self._cache = (centred, inv_std, scale, axes, shape, count, train)
+        return y
 
     def backward(self, dy):
-        """Train: dx = gamma/sigma (dy - mean(dy) - x_hat mean(dy x_hat)); eval: dx = gamma/sigma dy."""
-        x_hat, inv_std, axes, shape, count, train = self._cache
-        sum_dy = dy.sum(axis=axes)                                                # (C,)
-        sum_dy_xhat = (dy * x_hat).sum(axis=axes)                                 # (C,)
-        self.weight.grad, self.bias.grad = sum_dy_xhat, sum_dy
-        scale = (self.weight.value * inv_std).reshape(shape)
-        if not train:
-            return dy * scale
-        return (dy - (sum_dy / count).reshape(shape) - x_hat * (sum_dy_xhat / count).reshape(shape)) * scale
+        """x_hat = (x - mean) / sigma. Train: dx = gamma/sigma (dy - mean(dy) - x_hat mean(dy x_hat));
+        eval: dx = gamma/sigma dy. dgamma = sum(dy x_hat), dbeta = sum(dy)."""
+        xp = array_module(dy)
+        centred, inv_std, scale, axes, shape, count, train = self._cache
+        sum_dy = xp.einsum(f"{axes}->c", dy)                                      # (C,)
+        sum_dy_centred = xp.einsum(f"{axes},{axes}->c", dy, centred)              # (C,)
+        self.weight.grad, self.bias.grad = sum_dy_centred * inv_std, sum_dy
+        dx = dy * scale.reshape(shape)
+        if train:
+            dx -= centred * (scale * inv_std * inv_std * sum_dy_centred / count).reshape(shape)
+            dx -= (scale * sum_dy / count).reshape(shape)
+        return dx
 
     def named_params(self):
         return {"weight": self.weight, "bias": self.bias}
