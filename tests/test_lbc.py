@@ -399,6 +399,17 @@ def test_state_dict_contents():
     assert state["k"] == removal_schedule(3, 6, 0, 5) and state["epoch"] == 3 and not state["frozen"]
 
 
+def test_make_method_and_sequential_names():
+    from nmref import make_method
+    from nmref.layers import Sequential
+    model = Sequential(Linear(8, 4, method=make_method("lbc", "2:4", t_f=3, removal="faithful"), rng=0))
+    method = model[0].method
+    assert isinstance(method, LBC) and method.removal == "faithful" and method.t_f == 3
+    assert model.named_params()["0.weight.scores"] is method.scores and method.scores.group == "scores"
+    assert method.scores.value.shape == (8, 6) and method.scores.value.dtype == np.float32
+    assert "0" in model.sparse_layers()
+
+
 # ---------------------------------------------------------------- bad inputs
 def test_bad_inputs():
     with pytest.raises(ValueError, match="n=3 kept out of m=2"):
