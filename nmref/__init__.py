@@ -3,7 +3,8 @@ from .backend import array_module, gpu_available, rng, to_device, to_host
 from . import lbc
 from .groups import from_groups, to_groups
 from .lbc import LBC
-from .masks import nm_mask
+from .masks import (Pattern, check_nm, compress_nm, decompress_nm, is_nm, nm_mask, nm_mask_transposable,
+                    nm_report, parse_pattern)
 from .params import Param
 from .sad import SADTracker, sad
 from .sparsity import SRSTE, STE, Dense, Fixed, make_method, masked_grad, srste_grad, ste_grad
