@@ -30,7 +30,7 @@ def ste_grad(g, w, mask):
 
 def srste_grad(g, w, mask, lam=2e-4):
     """SR-STE: dW = g + lam * (1 - E) * W (Zhou et al. 2021, Eq. 5)."""
-    return g + lam * (~mask) * w
+    return g + (~mask * w.dtype.type(lam)) * w                  # stays in w's dtype (a Python float would promote)
 
 
 def masked_grad(g, w, mask):
