@@ -50,6 +50,7 @@ def parse_args(argv=None):
     p.add_argument("--dtypes", default="float16,bfloat16")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--iters", type=int, default=30, help="timed calls per measurement")
+    p.add_argument("--search", type=int, default=1, help="1: cuSPARSELt's algorithm search per plan; 0: default config")
     p.add_argument("--json", default=None, help="write raw results here")
     p.add_argument("--markdown", default=None, help="write the summary table here")
     return p.parse_args(argv)
@@ -143,7 +144,7 @@ def rel(a, b):
     return float(np.linalg.norm((a - b).ravel()) / np.linalg.norm(b.ravel()))
 
 
-def bench_shape(cp, torch, cslt, timer, name, dtype, iters, seed):
+def bench_shape(cp, torch, cslt, timer, name, dtype, iters, seed, search=True):
     m, k, n = SHAPES[name]
     np_dtype = cslt.np_dtype(dtype)
     pair_bytes = (n * k + m * k) * np_dtype.itemsize
@@ -154,7 +155,7 @@ def bench_shape(cp, torch, cslt, timer, name, dtype, iters, seed):
     results, errors = {}, {}
     calls = {"cupy_dense": lambda i: cp.matmul(xs[i], ws[i].T)}
     t0 = time.perf_counter()
-    ops = [cslt.SparseMatmul(w) for w in ws]
+    ops = [cslt.SparseMatmul(w, search=search) for w in ws]
     build_s = time.perf_counter() - t0
     calls["nmref_cslt"] = lambda i: ops[i](xs[i])
     if torch is not None:
@@ -207,7 +208,8 @@ def summarize(runs, env):
     keys = sorted({(r["dtype"], r["shape"]) for run in runs for r in run}, key=lambda t: (t[0], list(SHAPES).index(t[1])))
     lines = [f"# cuSPARSELt 2:4 matmul benchmark: {env['gpu']}, {env['date']}", "",
              f"cuSPARSELt {env['cusparselt']}, CuPy {env['cupy']}, nvmath-python {env['nvmath']}, "
-             f"PyTorch {env['torch']}, CUDA runtime {env['cuda_runtime']}, driver {env['driver']}.", "",
+             f"PyTorch {env['torch']}, CUDA runtime {env['cuda_runtime']}, driver {env['driver']}; nmref's "
+             f"algorithm search {'on' if env.get('search') else 'off (default configuration)'}.", "",
              "M x K x N: M = batch, K = in_features, N = out_features; y = x @ W.T, W (N, K) 2:4 along K. "
              f"Times in microseconds, median over {len(runs)} repeats of the per-repeat medians; spread = "
              "(max - min) / median over repeats. Ratios > 1 mean nmref is faster.", ""]
@@ -260,6 +262,7 @@ def main(argv=None):
     except ImportError:
         torch = None
     env = environment(cp, torch, cslt)
+    env["search"] = bool(args.search)
     print(json.dumps(env), flush=True)
     timer = Timer(cp)
     shapes, dtypes = args.shapes.split(","), args.dtypes.split(",")
@@ -271,7 +274,8 @@ def main(argv=None):
         run = []
         for dtype in dtypes:
             for shape in shapes:
-                r = bench_shape(cp, torch, cslt, timer, shape, dtype, args.iters, seed=1000 * repeat)
+                r = bench_shape(cp, torch, cslt, timer, shape, dtype, args.iters, seed=1000 * repeat,
+                                search=bool(args.search))
                 run.append(r)
                 brief = {m: (f"{v['gpu_ms'] * 1e3:.1f}/{v['steady_ms'] * 1e3:.1f}us" if "gpu_ms" in v else v["error"][:80])
                          for m, v in r["methods"].items()}

@@ -53,6 +53,14 @@ run_tests() {      # $1 = log name, rest = pytest args
 }
 
 case "$STAGE" in
+probe)
+    stamp "probe"
+    timeout 300 python3 benchmarks/gpu_probe_cusparselt.py --json "$OUT/gpu_probe.json" 2>&1 | tee "$OUT/probe.log"
+    NMREF_CUSPARSELT_SEARCH=0 run_tests test_cusparselt_nosearch.log tests/test_cusparselt.py
+    stamp "bench_cusparselt --search 0 --repeats 1"
+    timeout 300 python3 benchmarks/bench_cusparselt.py --search 0 --repeats 1 --json "$OUT/gpu_cusparselt_nosearch.json" \
+        --markdown "$OUT/gpu_cusparselt_nosearch.md" 2>&1 | tee "$OUT/bench_cusparselt_nosearch.log"
+    ;;
 cslt)
     run_tests test_cusparselt.log tests/test_cusparselt.py
     stamp "bench_cusparselt"

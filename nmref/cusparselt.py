@@ -8,6 +8,7 @@ a plan and its algorithm search are cached per batch size; every call runs on th
 Needs CuPy, nvmath-python (``nvmath.bindings.cusparseLt``; CuPy's wheels ship no cuSPARSELt module) and
 libcusparseLt (``nvidia-cusparselt-cu13``). Imported lazily: ``import nmref`` never loads it.
 """
+import os
 import weakref
 
 import numpy as np
@@ -92,8 +93,8 @@ def _check_operand(a, name, cupy, device_id=None):
     if a.data.ptr % ALIGNMENT:
         raise ValueError(f"{name} must start on a {ALIGNMENT}-byte boundary (its pointer is "
                          f"{a.data.ptr:#x}); pass a fresh copy: {name}.copy()")
-    if device_id is not None and a.device.id != device_id:
-        raise ValueError(f"{name} is on GPU {a.device.id}, the weight on GPU {device_id}")
+    if device_id is not None and a.data.device_id != device_id:
+        raise ValueError(f"{name} is on GPU {a.data.device_id}, the weight on GPU {device_id}")
 
 
 def _first_bad_group(weight):
@@ -147,11 +148,12 @@ class SparseMatmul:
     weight: CuPy array (out, in), float16, bfloat16 (ml_dtypes) or int8, C-contiguous, at most 2 non-zeros
     in every group of 4 along ``in``. bias: (out,) or None; it is cast to the output dtype (float32 for int8
     inputs, cuSPARSELt's bias type there). out_dtype: the input dtype for float16/bfloat16; int32 (default),
-    int8, float16 or bfloat16 for int8 inputs. search: run cuSPARSELt's algorithm search once per batch size.
+    int8, float16 or bfloat16 for int8 inputs. search: run cuSPARSELt's algorithm search once per batch size
+    (default: on unless the environment sets NMREF_CUSPARSELT_SEARCH=0).
     The object keeps only the compressed weight; call ``close()`` (or use ``with``) to free it early.
     """
 
-    def __init__(self, weight, bias=None, out_dtype=None, search=True, compress_api="v2"):
+    def __init__(self, weight, bias=None, out_dtype=None, search=None):
         cupy, lt = _bindings()
         self._cupy, self._lt = cupy, lt
         _check_operand(weight, "weight", cupy)
@@ -159,7 +161,7 @@ class SparseMatmul:
         check_weight_shape(weight.shape, self.dtype)
         self.out_features, self.in_features = weight.shape
         self.out_dtype = out_dtype_name = self._out_dtype(out_dtype)
-        self.search = search
+        self.search = os.environ.get("NMREF_CUSPARSELT_SEARCH", "1") != "0" if search is None else bool(search)
         self.device_id = weight.device.id
         major = int(cupy.cuda.Device(self.device_id).compute_capability[:-1])
         if major < 8:
@@ -167,7 +169,8 @@ class SparseMatmul:
                                f"GPU {self.device_id} is {cupy.cuda.Device(self.device_id).compute_capability}")
         self._res = _Resources(lt)
         self._finalizer = weakref.finalize(self, self._res.release)
-        self._plans = {}
+        self._plans, self._streams = {}, {}
+        self._in_np_dtype, self._out_np_dtype = np_dtype(self.dtype), np_dtype(out_dtype_name)
         bias_dtype = "float32" if self.dtype == "int8" else out_dtype_name
         self.bias = None if bias is None else self._prepare_bias(bias, bias_dtype)
         self._bias_ptr = np.array([0 if self.bias is None else self.bias.data.ptr], dtype=np.uint64)
@@ -182,12 +185,8 @@ class SparseMatmul:
                                                           self.in_features, ALIGNMENT, _CUDA_DTYPE[self.dtype],
                                                           _ORDER_ROW, _SPARSITY_50)
         self._res.mat_descs.append(self._weight_desc)
-        if compress_api == "v2":
-            self._check_and_compress_v2(weight)
-        elif compress_api == "plan":
-            self._check_and_compress_with_plan(weight)
-        else:
-            raise ValueError(f"compress_api={compress_api!r} is not 'v2' or 'plan'")
+        self.compressed = self._compress(weight, 4 * DENSE_MULTIPLE[self.dtype])
+        self._compressed_ptr = self.compressed.data.ptr
 
     def _out_dtype(self, out_dtype):
         allowed = OUT_DTYPES[self.dtype]
@@ -219,34 +218,22 @@ class SparseMatmul:
         raise ValueError(f"weight is not 2:4 sparse along in_features (cuSPARSELt's prune check refused it{where}); "
                          "mask it first, e.g. w * nmref.nm_mask(w, 2, 4) (at most 2 non-zeros in every 4)")
 
-    def _check_and_compress_v2(self, weight):
+    def _compress(self, weight, batch):
+        """Prune-check W and compress it through a plan for ``batch`` (the plan-based calls: the deprecated
+        *2 compression let cusparseLtMatmulSearch crash with an illegal instruction on cuSPARSELt 0.8.0 / H200)."""
         cupy, lt, h = self._cupy, self._lt, self._res.handle
         stream = self._stream_ptr()
-        valid = cupy.full(1, -1, dtype=cupy.int32)
-        lt.sp_mma_prune_check2(h, self._weight_desc, 1, _OP_N, weight.data.ptr, valid.data.ptr, stream)
-        if int(valid.get()[0]) != 0:
-            self._report_invalid(weight)
-        size, buffer_size = lt.sp_mma_compressed_size2(h, self._weight_desc)
-        self.compressed = cupy.empty(size, dtype=cupy.uint8)
-        buffer = cupy.empty(max(buffer_size, 1), dtype=cupy.uint8)
-        lt.sp_mma_compress2(h, self._weight_desc, 1, _OP_N, weight.data.ptr, self.compressed.data.ptr,
-                            buffer.data.ptr, stream)
-        cupy.cuda.get_current_stream().synchronize()
-
-    def _check_and_compress_with_plan(self, weight):
-        """The same through the plan-based calls (cuSPARSELt 0.7+'s preferred API), with a nominal batch."""
-        cupy, lt, h = self._cupy, self._lt, self._res.handle
-        stream = self._stream_ptr()
-        matmul_desc, plan = self._matmul_plan(DENSE_MULTIPLE[self.dtype] * 4)
-        valid = cupy.full(1, -1, dtype=cupy.int32)
+        matmul_desc, plan = self._matmul_plan(batch)
+        valid = cupy.zeros(1, dtype=cupy.int32)                  # the check writes 1 only when it fails
         lt.sp_mma_prune_check(h, matmul_desc, weight.data.ptr, valid.data.ptr, stream)
         if int(valid.get()[0]) != 0:
             self._report_invalid(weight)
         size, buffer_size = lt.sp_mma_compressed_size(h, plan)
-        self.compressed = cupy.empty(size, dtype=cupy.uint8)
+        compressed = cupy.empty(size, dtype=cupy.uint8)
         buffer = cupy.empty(max(buffer_size, 1), dtype=cupy.uint8)
-        lt.sp_mma_compress(h, plan, weight.data.ptr, self.compressed.data.ptr, buffer.data.ptr, stream)
+        lt.sp_mma_compress(h, plan, weight.data.ptr, compressed.data.ptr, buffer.data.ptr, stream)
         cupy.cuda.get_current_stream().synchronize()
+        return compressed
 
     def _matmul_plan(self, batch):
         lt, h = self._lt, self._res.handle
@@ -296,20 +283,26 @@ class SparseMatmul:
         _check_operand(x, "x", cupy, self.device_id)
         if x.ndim != 2 or x.shape[1] != self.in_features:
             raise ValueError(f"x has shape {x.shape}; it must be (batch, in_features={self.in_features})")
-        if dtype_name(x) != self.dtype:
+        if x.dtype != self._in_np_dtype:
             raise TypeError(f"x is {dtype_name(x)} but the weight is {self.dtype}; cast x with x.astype(...)")
         batch = x.shape[0]
-        check_batch(batch, self.dtype)
+        entry = self._plans.get(batch)
+        if entry is None:
+            check_batch(batch, self.dtype)
         if out is None:
-            out = cupy.empty((batch, self.out_features), dtype=np_dtype(self.out_dtype))
+            out = cupy.empty((batch, self.out_features), dtype=self._out_np_dtype)
         else:
             _check_operand(out, "out", cupy, self.device_id)
-            if out.shape != (batch, self.out_features) or dtype_name(out) != self.out_dtype:
+            if out.shape != (batch, self.out_features) or out.dtype != self._out_np_dtype:
                 raise ValueError(f"out must be ({batch}, {self.out_features}) {self.out_dtype}, "
                                  f"got {out.shape} {dtype_name(out)}")
-        streams = np.array([self._stream_ptr()], dtype=np.uint64)
-        entry = self._plans.get(batch) or self._new_plan(x, out, streams)
-        self._lt.matmul(self._res.handle, entry.plan, self._alpha.ctypes.data, self.compressed.data.ptr,
+        stream = cupy.cuda.get_current_stream().ptr
+        streams = self._streams.get(stream)
+        if streams is None:
+            streams = self._streams[stream] = np.array([stream], dtype=np.uint64)
+        if entry is None:
+            entry = self._new_plan(x, out, streams)
+        self._lt.matmul(self._res.handle, entry.plan, self._alpha.ctypes.data, self._compressed_ptr,
                         x.data.ptr, self._beta.ctypes.data, out.data.ptr, out.data.ptr, entry.workspace_ptr,
                         streams.ctypes.data, 1)
         return out

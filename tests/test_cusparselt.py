@@ -184,7 +184,7 @@ def test_bias(cp, dtype):
 def test_prune_check_refuses_a_3_of_4_weight(cp):
     rng = np.random.default_rng(3)
     w = weight_24(rng, 32, 64)
-    w[5, 20:23] = 1.5                                                            # row 5, group 20..23: 3 non-zeros
+    w[5, 20:24] = [1.5, 1.5, 1.5, 0.0]                                           # row 5, group 20..23: 3 non-zeros
     with pytest.raises(ValueError, match=r"not 2:4 .* row 5, columns 20\.\.23 hold 3"):
         cslt.SparseMatmul(to_gpu(cp, w, "float16"))
 
@@ -234,14 +234,23 @@ def test_shape_alignment_and_type_errors(cp):
 
 
 @pytest.mark.gpu
-def test_compress_apis_agree_and_search_off_matches(cp):
+def test_weight_compressed_once_serves_every_batch_size(cp):
     rng = np.random.default_rng(6)
     w = to_gpu(cp, weight_24(rng, 64, 128), "float16")
-    x = to_gpu(cp, rng.standard_normal((32, 128)), "float16")
-    with cslt.SparseMatmul(w, search=False) as v2, cslt.SparseMatmul(w, search=False, compress_api="plan") as plan:
-        y_v2, y_plan = v2(x), plan(x)
-        assert bool((y_v2 == y_plan).all())
-        assert rel(cp.asnumpy(y_v2), reference(cp, x, w)) < 1e-3
+    with cslt.SparseMatmul(w) as op:
+        for batch in (8, 256, 1024):                 # the compressed bytes do not depend on the plan's batch
+            assert bool((op._compress(w, batch) == op.compressed).all()), batch
+
+
+@pytest.mark.gpu
+def test_search_off_matches_search_on(cp):
+    rng = np.random.default_rng(13)
+    w = to_gpu(cp, weight_24(rng, 256, 512), "bfloat16")
+    x = to_gpu(cp, rng.standard_normal((64, 512)), "bfloat16")
+    with cslt.SparseMatmul(w, search=False) as plain, cslt.SparseMatmul(w, search=True) as searched:
+        y_plain, y_searched = plain(x), searched(x)
+        for y in (y_plain, y_searched):
+            assert rel(cp.asnumpy(y.astype(cp.float32)), reference(cp, x, w)) < TOL["bfloat16"]
 
 
 @pytest.mark.gpu
