@@ -124,6 +124,7 @@ def _read_npz(path):
                 out.state_names.append(name)
                 if name == "meta":
                     out.meta = _parse_meta(array)
+                    out.notes += _describe_meta(out.meta)
     return out
 
 
@@ -132,6 +133,15 @@ def _parse_meta(array):
         return json.loads(str(array))
     except ValueError:
         return None
+
+
+def _describe_meta(meta):
+    config = (meta or {}).get("config") if isinstance(meta, dict) else None
+    if not isinstance(config, dict):
+        return []
+    method = config.get("method", "?") + ("" if config.get("method") == "dense" else f" {config.get('pattern')}")
+    return [f"nmref checkpoint of model {config.get('model')}, method {method}, layout {config.get('layout')}, "
+            f"after epoch {meta.get('epoch')} (step {meta.get('step')})"]
 
 
 def _read_torch(path):
@@ -252,18 +262,19 @@ def resolve_pattern(pattern, semantics="keep"):
     return int(parsed.n_keep), int(parsed.m)
 
 
-def layout_for(shape, layout):
-    """(layout used, None) for a weight of ``shape`` under the --layout choice, or (None, why it is skipped)."""
+def layout_for(shape, layout, auto_conv="conv"):
+    """(layout used, None) for a weight of ``shape`` under the --layout choice, or (None, why it is skipped);
+    "auto" gives 2-D weights "linear" and others ``auto_conv``."""
     if layout not in LAYOUT_CHOICES:
         raise ValueError(f"layout={layout!r} is not one of {LAYOUT_CHOICES}")
     if len(shape) == 2:
         return "linear", None
     if layout == "linear":
         return None, f"{len(shape)}-D: layout 'linear' groups only 2-D (out, in) weights; use --layout auto"
-    return ("conv" if layout == "auto" else layout), None
+    return (auto_conv if layout == "auto" else layout), None
 
 
-def skip_reason(name, w, n_keep, m, layout, include):
+def skip_reason(name, w, n_keep, m, layout, include, auto_conv="conv"):
     """(layout used, None) when tensor ``name`` is checked, else (None, the reason it is skipped)."""
     if include is not None and not include.search(name):
         return None, "excluded by --include"
@@ -271,7 +282,7 @@ def skip_reason(name, w, n_keep, m, layout, include):
         return None, f"non-float (dtype {w.dtype})"
     if w.ndim < 2:
         return None, f"{w.ndim}-D (bias, norm or scalar): N:M groups weight matrices and conv kernels"
-    used, why = layout_for(w.shape, layout)
+    used, why = layout_for(w.shape, layout, auto_conv)
     if used is None:
         return None, why
     k = grouped_axis_length(w.shape, used)
@@ -315,23 +326,35 @@ def collect_masks(source, masks_path=None):
     return arrays, labels, consumed, sorted(set(pool) - set(outside.values())), extra.notes
 
 
-def check_file(path, pattern, layout="auto", semantics="keep", include=None, masks=None, all_weights=False):
+def check_file(path, pattern=None, layout="auto", semantics="keep", include=None, masks=None,
+               all_weights=False):
     """Per-tensor N:M report (a JSON-ready dict, docs/crosscheck.md) of the weights in ``path``.
 
-    pattern "n:m" or (n, m), n kept (``semantics="prune"``: n zeroed); layout one of LAYOUT_CHOICES;
-    include a regular expression a tensor name must contain (re.search); masks a file of masks for the
-    dense weights in ``path``, matched by name (``mask_candidates``). When masks are present (in ``path``,
-    an nmref checkpoint's mask/<name>, or ``masks``) they mark the sparse layers: weights without one are
-    skipped as dense unless ``all_weights``."""
-    n_keep, m = resolve_pattern(pattern, semantics)
+    pattern "n:m" or (n, m), n kept (``semantics="prune"``: n zeroed); None only for an nmref checkpoint of a
+    sparse run (its config's pattern). layout one of LAYOUT_CHOICES ("auto" on an nmref checkpoint: its
+    config's conv layout); include a regular expression a tensor name must contain (re.search); masks a file
+    of masks for the dense weights in ``path``, matched by name (``mask_candidates``). When masks are present
+    (in ``path``, an nmref checkpoint's mask/<name>, or ``masks``) they mark the sparse layers: weights
+    without one are skipped as dense unless ``all_weights``."""
     if layout not in LAYOUT_CHOICES:
         raise ValueError(f"layout={layout!r} is not one of {LAYOUT_CHOICES}")
     regex = _compile(include)
     source = read_tensors(path)
+    config = (source.meta or {}).get("config") or {}
+    if pattern is None:
+        if config.get("method", "dense") == "dense" or not config.get("pattern"):
+            raise ValueError("pattern is required (e.g. --pattern 2:4): only an nmref checkpoint of a sparse run "
+                             "records its own")
+        pattern, semantics = config["pattern"], "keep"
+        source.notes.append(f"pattern {pattern} from the checkpoint's config (method {config['method']})")
+    n_keep, m = resolve_pattern(pattern, semantics)
+    auto_conv = config.get("layout") if config.get("layout") in ("conv", "nchw_flatten") else "conv"
+    if auto_conv != "conv" and layout == "auto":
+        source.notes.append(f"conv weights use layout {auto_conv!r}, the checkpoint's training layout")
     mask_arrays, labels, consumed, unmatched, mask_notes = collect_masks(source, masks)
     checked, skipped = [], []
     for name, w in source.tensors.items():
-        used, why = skip_reason(name, w, n_keep, m, layout, regex)
+        used, why = skip_reason(name, w, n_keep, m, layout, regex, auto_conv)
         if name in consumed:
             used, why = None, f"mask of {consumed[name]!r}"
         elif source.format == "nmref-checkpoint" and ".weight." in name and why != "excluded by --include":
@@ -348,7 +371,7 @@ def check_file(path, pattern, layout="auto", semantics="keep", include=None, mas
         skipped.append({"name": name, "shape": None, "dtype": None, "reason": why})
     for name in source.state_names:
         skipped.append({"name": name, "shape": None, "dtype": None,
-                        "reason": "nmref checkpoint state (optimizer, method, meta), not a weight"})
+                        "reason": "nmref checkpoint state (buffers, optimizer, method, SAD, meta), not a weight"})
     violating = sum(not t["compliant"] for t in checked)
     return {
         "schema_version": SCHEMA_VERSION, "nmref_version": _version(), "file": os.fspath(path),
@@ -445,7 +468,8 @@ def register_cli(subparsers):
                     ".safetensors) has at most n non-zeros in every group of m. Exit 0: all checked tensors "
                     "comply; 1: a violation; 2: unreadable input or nothing to check.")
     check.add_argument("file", help="checkpoint or state dict: .npz, .pt/.pth or .safetensors")
-    check.add_argument("--pattern", required=True, help="n:m, e.g. 2:4 (n kept of every m; see --semantics)")
+    check.add_argument("--pattern", help="n:m, e.g. 2:4 (n kept of every m; see --semantics); optional for "
+                                         "nmref checkpoints of sparse runs, which record theirs")
     check.add_argument("--layout", choices=LAYOUT_CHOICES, default="auto",
                        help="auto (default): 2-D linear, 3-D/4-D conv (groups along Cin, NHWC)")
     check.add_argument("--semantics", choices=("keep", "prune"), default="keep",

@@ -286,3 +286,20 @@ def test_human_report_summarises(tmp_path, state):
     np.savez(tmp_path / "model.npz", **state)
     text = format_report(check_file(tmp_path / "model.npz", "2:4"))
     assert "result: 2 of 2 checked tensors are 2:4" in text and "skipped 3:" in text
+
+
+def test_nmref_checkpoint_supplies_its_pattern_and_conv_layout(tmp_path, rng, capsys):
+    w = rng.standard_normal((4, 8, 3, 3)).astype(np.float32)
+    meta = {"config": {"model": "cnn", "method": "srste", "pattern": "2:4", "layout": "nchw_flatten"},
+            "epoch": 1, "step": 5}
+    path = tmp_path / "ckpt.npz"
+    np.savez(path, **{"param/0.weight": w, "mask/0.weight": nm_mask(w, 2, 4, "nchw_flatten"),
+                      "meta": np.array(json.dumps(meta))})
+    report = check_file(path)
+    assert report["pattern"]["n_keep"] == 2 and report["tensors"][0]["layout"] == "nchw_flatten"
+    assert report["compliant"] and any("training layout" in note for note in report["notes"])
+    assert _run(capsys, path, "--layout", "conv")[0] == 1
+    meta["config"]["method"] = "dense"
+    np.savez(path, **{"param/0.weight": w, "meta": np.array(json.dumps(meta))})
+    code, _, err = _run(capsys, path)
+    assert code == 2 and "--pattern 2:4" in err

@@ -127,3 +127,44 @@ def test_bad_inputs_exit_2(tmp_path, capsys):
     assert main(["export", str(tmp_path / "cut.npz"), str(tmp_path / "out.npz")]) == 2
     assert capsys.readouterr().err.count("\n") == 1
 
+
+
+TORCH_EQUIVALENT = {
+    "mlp": lambda: torch.nn.Sequential(
+        torch.nn.Flatten(), torch.nn.Linear(40, 256), torch.nn.ReLU(), torch.nn.Linear(256, 256), torch.nn.ReLU(),
+        torch.nn.Linear(256, 10)),
+    "cnn1d": lambda: torch.nn.Sequential(
+        torch.nn.Conv1d(1, 32, 5, 1, 2, bias=False), torch.nn.BatchNorm1d(32), torch.nn.ReLU(),
+        torch.nn.Conv1d(32, 64, 3, 2, 1, bias=False), torch.nn.BatchNorm1d(64), torch.nn.ReLU(),
+        torch.nn.Conv1d(64, 64, 3, 2, 1, bias=False), torch.nn.BatchNorm1d(64), torch.nn.ReLU(),
+        torch.nn.Flatten(), torch.nn.Linear(640, 10)),
+}
+
+
+@pytest.mark.parametrize("model_name", ["mlp", "cnn1d"])
+def test_trained_nmref_checkpoint_exports_to_torch(model_name, tmp_path, capsys):
+    from nmref.data import load
+    from nmref.models import build_model
+    from nmref.train import TrainConfig, load_init, method_factory, train
+    config = TrainConfig(dataset="mnist1d", model=model_name, method="srste", pattern="2:4", epochs=1,
+                         out=str(tmp_path / "run"), progress=False)
+    ckpt = train(config)["checkpoint"]
+    report = check_file(ckpt, "2:4")
+    assert report["compliant"] and report["format"] == "nmref-checkpoint"
+    sparse_names = {t["name"] for t in report["tensors"]}
+    assert sparse_names == ({"1.weight", "3.weight"} if model_name == "mlp" else {"3.weight", "6.weight"})
+    model = build_model(model_name, method_factory(config), input_shape=(1, 40), num_classes=10)
+    load_init(model, ckpt)
+    x = load("mnist1d").x_test[:64]
+    for fmt in FORMATS:
+        out = tmp_path / f"export.{fmt}"
+        assert main(["export", str(ckpt), str(out)]) == 0
+        state = load_exported(out)
+        assert {k[: -len("_mask")] for k in state if k.endswith("_mask")} == sparse_names
+        torch_model = TORCH_EQUIVALENT[model_name]()
+        torch_model.load_state_dict({k: v for k, v in state.items() if not k.endswith("_mask")}, strict=True)
+        with torch.no_grad():
+            got = torch_model.eval()(torch.from_numpy(x)).numpy()
+        assert rel(got, model.forward(x, train=False)) < 1e-5, fmt
+        assert main(["check", str(out), "--pattern", "2:4"]) == 0
+    capsys.readouterr()
