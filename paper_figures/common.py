@@ -21,18 +21,15 @@ class Mode:
     seeds: tuple              # accuracy table, STE vs SR-STE
     sweep_seeds: tuple        # lambda sweep, LBC schedule ablation
     train_samples: int        # training subset (0 = all the training data)
+    test_samples: int = 0     # test subset (0 = all)
     batch_size: int = 256
-
-    @property
-    def data_note(self):
-        size = "all training samples" if not self.train_samples else f"a {self.train_samples}-sample training subset"
-        return f"{size} of the MNIST-1D data ({'NMREF_FAST tiny data' if self.name == 'tiny' else 'the 40k/10k split'})"
 
 
 MODES = {
-    "tiny": Mode("tiny", epochs=2, seeds=(0, 1), sweep_seeds=(0,), train_samples=0, batch_size=128),
+    "tiny": Mode("tiny", epochs=2, seeds=(0, 1), sweep_seeds=(0,), train_samples=256, test_samples=256,
+                 batch_size=64),
     "quick": Mode("quick", epochs=12, seeds=(0, 1, 2), sweep_seeds=(0, 1), train_samples=8000),
-    "full": Mode("full", epochs=60, seeds=(0, 1, 2, 3, 4), sweep_seeds=(0, 1, 2), train_samples=0),
+    "full": Mode("full", epochs=30, seeds=(0, 1, 2, 3, 4), sweep_seeds=(0, 1, 2), train_samples=0),
 }
 
 
@@ -50,7 +47,8 @@ def pick_mode(full=False):
 def spec(mode, method, pattern=None, seed=0, **options):
     """Overrides of ``nmref.train.TrainConfig`` for one training run of the MNIST-1D 1D CNN."""
     config = {"dataset": "mnist1d", "model": "cnn1d", "method": method, "epochs": mode.epochs,
-              "batch_size": mode.batch_size, "seed": seed, "train_samples": mode.train_samples}
+              "batch_size": mode.batch_size, "seed": seed}
+    config.update({k: v for k, v in (("train_samples", mode.train_samples), ("test_samples", mode.test_samples)) if v})
     if method != "dense":
         config["pattern"] = pattern
     if method == "srste" and "lam" not in options:
@@ -65,7 +63,7 @@ def spec(mode, method, pattern=None, seed=0, **options):
 def label(config):
     """Short human name of a run spec: "SR-STE 2:4 (lam=2e-4)"."""
     text = LABELS.get(config["method"], config["method"])
-    if config.get("pattern"):
+    if config.get("pattern") and config["method"] != "dense":
         text += f" {config['pattern']}"
     if config["method"] == "srste":
         text += f" (lam={config['lam']:g})"
@@ -77,6 +75,17 @@ def mean_std(values):
     """(mean, sample std over seeds; nan for a single value)."""
     values = np.asarray(values, dtype=float)
     return float(values.mean()), float(values.std(ddof=1)) if values.size > 1 else math.nan
+
+
+def versus(a, b, name_a, name_b, scale=100, unit=" points"):
+    """"name_a ahead of name_b by x points" or "not distinguishable", judged against the seeds' std."""
+    (mean_a, std_a), (mean_b, std_b) = mean_std(a), mean_std(b)
+    diff = mean_a - mean_b
+    noise = max(np.nan_to_num(std_a), np.nan_to_num(std_b))
+    text = f"{name_a} - {name_b} = {scale * diff:+.2f}{unit}"
+    if len(a) < 2 or abs(diff) <= noise:
+        return text + f" (within the std over seeds: not distinguishable at {len(a)} seed(s))"
+    return text + f" ({name_a if diff > 0 else name_b} ahead by more than the std over seeds)"
 
 
 def pm(mean, std, digits=2, scale=1.0):
@@ -124,13 +133,18 @@ def save_png(fig, path):
     return Path(path)
 
 
-def runs_note(mode, configs):
-    """One sentence saying what was trained: data, model, epochs, batch, seeds, mode."""
-    seeds = sorted({c["seed"] for c in configs})
-    methods = sorted({label(c) for c in configs})
-    return (f"Mode `{mode.name}`: {len(configs)} training runs of the `cnn1d` model on {mode.data_note}, "
-            f"{mode.epochs} epochs, batch {mode.batch_size}, the library's default SGD recipe "
-            f"(momentum 0.9, linear warm-up then cosine), seeds {seeds}; runs: {', '.join(methods)}.")
+def runs_note(mode, runs):
+    """One sentence saying what was trained: data, model, epochs, batch, recipe, seeds, mode."""
+    c = runs[0].config
+    seeds = sorted({r.config["seed"] for r in runs})
+    names = sorted({label(r.config) for r in runs})
+    sizes = sorted({(r.n_train, r.n_test) for r in runs})
+    data = "; ".join(f"{a} training / {b} test samples" for a, b in sizes)
+    return (f"Mode `{mode.name}`: {len(runs)} training runs of the `{c['model']}` model on {c['dataset']} "
+            f"({data}{', NMREF_FAST tiny data' if mode.name == 'tiny' else ''}), {c['epochs']} epochs, batch "
+            f"{c['batch_size']}, SGD lr {c['lr']:g} momentum {c['momentum']:g} weight decay {c['weight_decay']:g}, "
+            f"{c['warmup_frac']:.3g} of the steps linear warm-up then {c['schedule']}; seeds {seeds}; runs: "
+            f"{', '.join(names)}.")
 
 
 def write_fragment(out_dir, name, title, images, csvs, caption):

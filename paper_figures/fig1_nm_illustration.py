@@ -5,7 +5,7 @@ import sys
 import numpy as np
 
 from nmref.groups import grouped_axis_length, to_groups
-from nmref.masks import nm_mask
+from nmref.masks import compress_nm, decompress_nm, nm_mask
 
 from . import common
 
@@ -16,7 +16,26 @@ COLUMNS = ("row", "col", "group", "pos_in_group", "weight", "kept", "value_col",
 
 
 def runs(mode):
-    return [common.spec(mode, "srste", "2:4", seed=mode.seeds[0])]
+    """The SR-STE 2:4 run drawn, and the STE run of the same seed for the magnitude comparison."""
+    return [common.spec(mode, method, "2:4", seed=mode.seeds[0]) for method in ("srste", "ste")]
+
+
+def pruned_to_kept(run, layer, n, m):
+    """Mean |w| of the pruned weights over mean |w| of the kept ones, whole layer, final weights."""
+    info = run.layers[layer]
+    w = run.arrays[f"param/{info['weight']}"]
+    mask = nm_mask(w, n, m, info["layout"])
+    return float(np.abs(w[~mask]).mean() / np.abs(w[mask]).mean())
+
+
+def shrink(ratio, ratio_ste):
+    """Does SR-STE's decay leave the pruned weights smaller (relative to the kept) than STE does?"""
+    change = ratio / ratio_ste - 1
+    if change < -0.01:
+        return f"SR-STE's term λ_W(1-E)⊙W has pulled the pruned weights {-100 * change:.0f} % further towards zero"
+    if change > 0.01:
+        return f"SR-STE's pruned weights are NOT smaller than STE's here ({100 * change:+.0f} %)"
+    return f"no visible effect of SR-STE's term λ_W(1-E)⊙W on the pruned weights yet ({100 * change:+.1f} %)"
 
 
 def weight_rows(run):
@@ -28,14 +47,6 @@ def weight_rows(run):
     w = run.arrays[f"param/{info['weight']}"]
     k = grouped_axis_length(w.shape, info["layout"])
     return layer, info["layout"], w, to_groups(w, k, info["layout"])               # (R, K)
-
-
-def compress(rows, mask, n, m):
-    """Kept values (R, K n/m) and their positions within each group of m (R, K n/m), in order."""
-    r, k = rows.shape
-    values = rows[mask].reshape(r, k * n // m)                                     # (R, K n/m)
-    positions = np.nonzero(mask.reshape(-1, m))[1].reshape(r, k * n // m)          # (R, K n/m)
-    return values, positions
 
 
 def table(block, mask, values, positions, n, m):
@@ -64,8 +75,7 @@ def plot(block, mask, values, positions, n, m, title_note, path, layout):
               (f"(d) indices: position (0..{m - 1}) of each kept value within its group", positions, None)]
     for ax, (title, data, keep) in zip(axes, panels):
         is_index = data is positions
-        cmap = plt.get_cmap("Pastel1" if is_index else "RdBu_r").copy()
-        cmap.set_bad("lightgrey")
+        cmap = plt.get_cmap("Pastel1" if is_index else "RdBu_r").with_extremes(bad="lightgrey")
         ax.imshow(data, cmap=cmap, norm=None if is_index else norm, aspect="auto",
                   vmin=0 if is_index else None, vmax=8 if is_index else None)
         for (i, j), v in np.ndenumerate(block if keep is not None else data):
@@ -97,23 +107,31 @@ def make(mode, results, out_dir):
     layer, layout, w, rows = weight_rows(run)
     cols = min(COLS, rows.shape[1] - rows.shape[1] % m)
     block = rows[:ROWS, :cols]                                                     # (4, 16)
-    mask = to_groups(nm_mask(w, n, m, layout), rows.shape[1], layout)[:ROWS, :cols]  # (4, 16) bool
-    values, positions = compress(block, mask, n, m)
+    full_mask = nm_mask(w, n, m, layout)                                           # like w, bool
+    mask = to_groups(full_mask, rows.shape[1], layout)[:ROWS, :cols]               # (4, 16) bool
+    all_values, all_indices = compress_nm(w, n, m, layout, mask=full_mask)         # (..., K n/m) each
+    exact = bool((decompress_nm(all_values, all_indices, n, m, w.shape, layout) == w * full_mask).all())
+    k_kept = rows.shape[1] * n // m
+    values = all_values.reshape(-1, k_kept)[:ROWS, :cols * n // m]                 # (4, 8)
+    positions = all_indices.reshape(-1, k_kept)[:ROWS, :cols * n // m].astype(np.int64)  # (4, 8)
     csv = common.write_csv(out_dir / f"{NAME}.csv", table(block, mask, values, positions, n, m), COLUMNS)
     note = (f"layer '{layer}' {tuple(w.shape)} (layout '{layout}') of {common.label(config)}, seed "
             f"{config['seed']}, after {config['epochs']} epochs")
     png = plot(block, mask, values, positions, n, m, note, out_dir / f"{NAME}.png", layout)
-    kept_abs, pruned_abs = np.abs(block[mask]).mean(), np.abs(block[~mask]).mean()
-    full_mask = nm_mask(w, n, m, layout)
+    ratio, ratio_ste = pruned_to_kept(run, layer, n, m), pruned_to_kept(results(runs(mode)[1]), layer, n, m)
+    groups_along = "input features" if layout == "linear" else "input channels"
     caption = (
-        f"The final dense weight of layer `{layer}` (shape {tuple(w.shape)}, groups along the input channels, "
-        f"layout `{layout}`) of the SR-STE {n}:{m} run (seed {config['seed']}, {config['epochs']} epochs, mode "
-        f"`{mode.name}`, {mode.data_note}); the first {block.shape[0]} rows of its grouped view and their first "
+        f"{common.runs_note(mode, [run, results(runs(mode)[1])])} Drawn: the final dense weight of layer `{layer}` "
+        f"(shape {tuple(w.shape)}, groups along the {groups_along}, layout `{layout}`) of the SR-STE {n}:{m} run; "
+        f"the first {block.shape[0]} rows of its grouped view and their first "
         f"{block.shape[1]} inputs. The mask is `nm_mask(W, {n}, {m})` of that weight, the one the next forward "
         f"would use: every group keeps exactly {n} (whole layer: {int(full_mask.sum())} of {full_mask.size} "
-        f"kept = {full_mask.mean():.3f}). Kept weights have mean |w| {kept_abs:.3f}, pruned ones {pruned_abs:.3f}: "
-        f"SR-STE's term λ_W(1-E)⊙W has pulled the pruned weights towards zero. Storage: {values.shape[1]} values "
-        f"+ {values.shape[1]} indices of {int(np.ceil(np.log2(m)))} bits per row instead of {block.shape[1]} "
+        f"kept = {full_mask.mean():.3f}). In the whole layer the pruned weights' mean |w| is "
+        f"{ratio:.4f} of the kept weights' for SR-STE and {ratio_ste:.4f} for STE (same seed): {shrink(ratio, ratio_ste)}. "
+        f"Panels (c, d) are "
+        f"`compress_nm(W, {n}, {m})`; `decompress_nm` of them gives back W⊙E "
+        f"{'exactly' if exact else 'NOT exactly (a bug)'} for the whole layer. Storage: {values.shape[1]} values "
+        f"+ {values.shape[1]} indices of {int(np.ceil(np.log2(m)))} bits per row of the block shown instead of {block.shape[1]} "
         f"values, the format of SR-STE Fig. 1 (and of NVIDIA's sparse tensor cores for 2:4). This is an "
         f"illustration, not a claim to reproduce.")
     common.write_fragment(out_dir, NAME, TITLE, [png], [csv], caption)

@@ -70,9 +70,8 @@ def caption(mode, groups, summary):
     verdict = ("reproduces: SR-STE's step-to-step SAD is below STE's in the last half of training in every seed"
                if holds else "does NOT reproduce cleanly at this scale: SR-STE's step-to-step SAD is below STE's "
                f"in only {per_seed} of {len(late['ste'])} seeds")
-    acc_diff = 100 * (acc["srste"].mean() - acc["ste"].mean())
     return (
-        f"{common.runs_note(mode, [r.config for rs in groups.values() for r in rs])} "
+        f"{common.runs_note(mode, [r for rs in groups.values() for r in rs])} "
         f"(a) step-to-step SAD (`sad_step_frac`): flips between the masks of consecutive steps, summed over each "
         f"epoch and divided by weights x steps; (b) SAD of each epoch's last mask vs the final mask; (c) test "
         f"accuracy. Mean over the last half of training, step-to-step SAD is "
@@ -80,8 +79,8 @@ def caption(mode, groups, summary):
         f"of the sparse weights per step for STE and {_pct(late['srste'])} for SR-STE (ratio SR-STE/STE "
         f"{ratio:.2f}). The paper's claim (SR-STE lowers SAD, i.e. a more stable mask, and improves accuracy) "
         f"{verdict}. Final test accuracy: STE {common.pm(*common.mean_std(acc['ste']), scale=100)} %, SR-STE "
-        f"{common.pm(*common.mean_std(acc['srste']), scale=100)} % (difference {acc_diff:+.2f} points; "
-        f"{'SR-STE ahead' if acc_diff > 0 else 'SR-STE not ahead'} at this scale).")
+        f"{common.pm(*common.mean_std(acc['srste']), scale=100)} %; "
+        f"{common.versus(acc['srste'], acc['ste'], 'SR-STE', 'STE')}.")
 
 
 def _pct(values):

@@ -81,8 +81,9 @@ def caption(mode, groups, stats):
     pos_better = all(sad[lam] < sad[0.0] for lam in positive)
     best = max(LAMBDAS, key=lambda lam: acc[lam])
     return (
-        f"{common.runs_note(mode, [r.config for rs in groups.values() for r in rs])} "
-        f"lambda_W = 0 is plain STE (the same run, bit for bit). Step-to-step SAD, last-half mean per step: "
+        f"{common.runs_note(mode, [r for rs in groups.values() for r in rs])} "
+        f"lambda_W = 0 is run as plain STE (SR-STE's gradient with lambda_W = 0 is STE's by definition; the cache "
+        f"shares the run with the other figures). Step-to-step SAD, last-half mean per step: "
         + ", ".join(f"lambda_W={lam:g}: {100 * sad[lam]:.3f} %" for lam in LAMBDAS) + ". "
         f"Final test accuracy: " + ", ".join(f"{lam:g}: {common.pm(*stats['final_test_acc'][lam], scale=100)} %"
                                              for lam in LAMBDAS) + ". "

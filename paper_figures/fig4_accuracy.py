@@ -125,7 +125,7 @@ def caption(mode, groups, table):
     srste_vs_ste = sum(acc[("srste", p)] > acc[("ste", p)] for p in common.PATTERNS)
     lbc_vs_srste = sum(acc[("lbc", p)] > acc[("srste", p)] for p in common.PATTERNS)
     return (
-        f"{common.runs_note(mode, [r.config for rs in groups.values() for r in rs])} Final test accuracy, mean ± "
+        f"{common.runs_note(mode, [r for rs in groups.values() for r in rs])} Final test accuracy, mean ± "
         f"sample std over {len(mode.seeds)} seeds; the dense baseline is "
         f"{common.pm(dense['test_acc_mean'], dense['test_acc_std'], scale=100)} %. Panel (b) shows the SR-STE "
         f"paper's published ImageNet ResNet-50 top-1 numbers ("

@@ -103,7 +103,7 @@ def caption(mode, groups, stats, srste_acc):
     spread = max(a[0] for a in acc.values()) - min(a[0] for a in acc.values())
     stds = [a[1] for a in acc.values() if not np.isnan(a[1])]
     return (
-        f"{common.runs_note(mode, [r.config for rs in groups.values() for r in rs])} LBC {PATTERN} with removal "
+        f"{common.runs_note(mode, [r for rs in groups.values() for r in rs])} LBC {PATTERN} with removal "
         f"from epoch 0 to t_f in {{{', '.join(f'{f:g}' for f in T_F_FRACTIONS)}}} x {mode.epochs} epochs and "
         f"power p in {list(POWERS)} (default t_f = 0.5, p = 3). Final accuracy: "
         + "; ".join(f"t_f={f:g}, p={p}: {common.pm(*acc[(f, p)], scale=100)} % (density "

@@ -1,12 +1,15 @@
-"""What a figure run keeps beyond the metrics log: final weights and masks, and per-epoch LBC snapshots.
+"""What a figure run keeps beyond the metrics log, read from the run's final checkpoint and from LBC hooks.
 
-LBC snapshots are taken at the start of every epoch (``LBC.on_epoch``, wrapped while a run is recorded)
-and once after training: each LBC layer's alive combinations per group, its scores for the first
-``SCORE_GROUPS`` groups, and the dense weight of the first LBC layer.
+- history: the per-epoch metrics rows, plus "sad_final" / "sad_final_frac" (each epoch's last mask vs the
+  final mask) from the checkpoint's SAD tracker (``SADTracker.vs_final``).
+- arrays: "param/<name>" every parameter, "mask/<layer>" each sparse layer's final mask, "method/<layer>/<key>"
+  the methods' state, and for LBC "lbc/<layer>/alive" (alive combinations per group), "lbc/<layer>/scores"
+  (the first ``SCORE_GROUPS`` groups' scores) and, for the first LBC layer, "lbc/<layer>/weight", each
+  stacked over the epoch starts plus the end of training (E + 1 snapshots, ``LBC.on_epoch`` wrapped).
+- subsets: ``train_samples`` / ``test_samples`` > 0 use the first that many training / test samples (the
+  MNIST-1D generator shuffles, so they are random subsets; normalisation statistics are the full set's).
 """
 import contextlib
-import json
-from pathlib import Path
 
 import numpy as np
 
@@ -26,21 +29,23 @@ class Snapshots:
             self.epochs[id(method)] = []
         alive = to_host(method.current_alive())                                    # (G, C) bool
         self.epochs[id(method)].append({
-            "alive": alive.sum(axis=1).astype(np.uint8 if method.c < 256 else np.int32),   # (G,)
-            "scores": to_host(method.scores.value[:SCORE_GROUPS]).astype(np.float32),      # (g, C)
+            "alive": alive.sum(axis=1).astype(np.int32),                           # (G,)
+            "scores": to_host(method.scores.value[:SCORE_GROUPS]).astype(np.float32),  # (g, C)
             "weight": to_host(method.weight.value).astype(np.float32)})
 
-    def arrays(self, result):
-        """npz entries "lbc/<layer>/<what>" stacked over epoch starts plus the end of training (E + 1)."""
-        names = {id(layer.method): name for name, layer in model_of(result).sparse_layers().items()}
+    def arrays(self):
+        """npz entries "lbc/<layer>/<what>", stacked over epoch starts plus the end of training (E + 1)."""
         out = {}
         for i, method in enumerate(self.methods):
             self.take(method)                                                      # after training
-            name = names.get(id(method), f"lbc{i}")
-            keys = ("alive", "scores", "weight") if i == 0 else ("alive", "scores")
-            for key in keys:
+            name = layer_of(method.weight.name)
+            for key in ("alive", "scores", "weight") if i == 0 else ("alive", "scores"):
                 out[f"lbc/{name}/{key}"] = np.stack([s[key] for s in self.epochs[id(method)]])
         return out
+
+
+def layer_of(param_name):
+    return param_name[: -len(".weight")] if param_name.endswith(".weight") else param_name
 
 
 @contextlib.contextmanager
@@ -61,38 +66,52 @@ def recording():
         LBC.on_epoch = original
 
 
-def model_of(result):
-    return result.model
+@contextlib.contextmanager
+def subset(n_train, n_test=0):
+    """Inside, nmref.train loads only the first ``n_train`` training and ``n_test`` test samples (0: all);
+    yields a dict that receives the sizes used, "n_train" and "n_test"."""
+    import nmref.train
+    from nmref.data import Dataset
+    original = nmref.train.load
+    sizes = {}
+
+    def load(*args, **kwargs):
+        data = original(*args, **kwargs)
+        for name, n, have in (("train_samples", n_train, len(data.y_train)),
+                              ("test_samples", n_test, len(data.y_test))):
+            if n > have:
+                raise ValueError(f"{name}={n} is more than the {have} samples there are")
+        train, test = slice(n_train or None), slice(n_test or None)
+        data = Dataset(data.x_train[train], data.y_train[train], data.x_test[test], data.y_test[test])
+        sizes.update(n_train=len(data.y_train), n_test=len(data.y_test))
+        return data
+
+    nmref.train.load = load
+    try:
+        yield sizes
+    finally:
+        nmref.train.load = original
 
 
-def history_of(result, run_dir):
-    """Per-epoch metric rows: the result's history, else the run's metrics.jsonl."""
-    rows = getattr(result, "history", None)
-    if rows is None:
-        lines = (Path(run_dir) / "metrics.jsonl").read_text().splitlines()
-        rows = [json.loads(line) for line in lines if line.strip()]
-    return [{k: _plain(v) for k, v in row.items()} for row in rows]
+def section(arrays, prefix):
+    return {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
 
 
-def _plain(value):
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
-
-
-def final_arrays(result):
-    """"param/<name>" for every parameter and "mask/<layer>" for every sparse layer, on the host."""
-    model = model_of(result)
-    out = {f"param/{name}": to_host(p.value) for name, p in model.named_params().items()}
-    for name, layer in model.sparse_layers().items():
-        if layer.method.mask is not None:
-            out[f"mask/{name}"] = to_host(layer.method.mask)
-    return out
-
-
-def layer_info(result):
-    """{layer: {"weight": param name, "layout": ..., "method": repr}} for the sparse layers, in order."""
-    model = model_of(result)
-    params = {id(p): name for name, p in model.named_params().items()}
-    return {name: {"weight": params[id(layer.weight)], "layout": layer.layout, "method": repr(layer.method)}
-            for name, layer in model.sparse_layers().items()}
+def from_checkpoint(file, history):
+    """(history with sad_final columns, arrays, sparse layer table) from a run's final checkpoint."""
+    from nmref.sad import SADTracker
+    from nmref.train import read_checkpoint
+    arrays, meta = read_checkpoint(file)
+    layers = {row["name"]: {"weight": f"{row['name']}.weight", "layout": row["layout"], "method": row["method"]}
+              for row in meta["layers"] if row["sparse"]}
+    out = {f"param/{k}": v for k, v in section(arrays, "param/").items()}
+    out.update({f"mask/{layer}": arrays[f"mask/{layer}.weight"] for layer in layers})
+    out.update({f"method/{k}": v for k, v in section(arrays, "method/").items()})
+    history = [dict(row) for row in history]
+    sad_state = section(arrays, "sad/")
+    if sad_state and bool(sad_state["started"]):
+        tracker = SADTracker()
+        tracker.load_state_dict(sad_state)
+        for row, final in zip(history, tracker.vs_final()):
+            row.update({k: v for k, v in final.items() if k != "epoch"})
+    return history, out, layers
