@@ -76,8 +76,8 @@ def axis_view(w, layout):
     """
     check_layout(layout, w.ndim)
     if layout == "conv":
-        return w.reshape(w.shape[0], w.shape[1], -1)              # (Cout, Cin, prod(k))
-    return w.reshape(w.shape[0], -1, 1)                           # (out, K, 1)
+        return w.reshape(w.shape[0], w.shape[1], math.prod(w.shape[2:]))   # (Cout, Cin, prod(k))
+    return w.reshape(w.shape[0], grouped_axis_length(w.shape, layout), 1)  # (out, K, 1)
 
 
 def divisors(k):

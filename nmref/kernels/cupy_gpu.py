@@ -55,16 +55,21 @@ def _kernel(key_dtype, m):
     return cupy.RawKernel(kernel_source(key_dtype, m), "nm_mask_kernel")
 
 
+def launch_shape(keys_shape, m):
+    """(n_groups, K, B, blocks) for keys (A, K, B): one thread per group, THREADS per block."""
+    n_a, k, n_b = keys_shape
+    n_groups = n_a * (k // m) * n_b
+    return n_groups, k, n_b, (n_groups + THREADS - 1) // THREADS
+
+
 def run_mask(keys, m, n_keep, absmask, limit, mask):
     """Mask of CuPy keys (A, K, B) into mask (A, K, B), groups of m along K; returns the inf/NaN count."""
     import cupy
-    n_a, k, n_b = keys.shape
-    n_groups = n_a * (k // m) * n_b
+    n_groups, k, n_b, blocks = launch_shape(keys.shape, m)
     if n_groups == 0:
         return 0
     nonfinite = cupy.zeros(1, dtype=cupy.int32)
-    blocks = (n_groups + THREADS - 1) // THREADS
-    _kernel(keys.dtype, int(m))((blocks,), (THREADS,), (keys, mask, np.int64(n_groups), np.int64(k),
-                                                        np.int64(n_b), np.int32(n_keep), absmask, limit,
-                                                        nonfinite))
+    args = (keys, mask, np.int64(n_groups), np.int64(k), np.int64(n_b), np.int32(n_keep), absmask, limit,
+            nonfinite)
+    _kernel(keys.dtype, int(m))((blocks,), (THREADS,), args)
     return int(nonfinite.get()[0])
