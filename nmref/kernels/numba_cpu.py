@@ -7,7 +7,7 @@ same pass instead of running a separate isfinite pass.
 
 Rule (the reference's stable ascending sort, first m - n pruned): position j is kept iff fewer than n
 positions rank above it, where i ranks above j if |w_i| > |w_j|, or |w_i| == |w_j| and i > j.
-For the common group sizes m is a compile-time constant (numba.literally): the rank loops unroll and the
+For the common group sizes m is a compile-time constant (a closure per m): the rank loops unroll and the
 loop over groups vectorizes. Large weights run in parallel over chunks of groups.
 """
 import numba as nb
@@ -76,24 +76,31 @@ def _strided_parallel(keys, m, n_keep, absmask, limit, mask):
     return nonfinite
 
 
-@nb.njit(cache=True)
-def _rows_fixed_m(keys, m, n_keep, absmask, limit, mask):
-    return _rows(keys, nb.literally(m), n_keep, absmask, limit, mask)
+def _constant_m(kernel, m):
+    """``kernel`` with m a compile-time constant of a closure (numba caches one per m; loops unroll)."""
+    @nb.njit(cache=True)
+    def fixed(keys, n_keep, absmask, limit, mask):
+        return kernel(keys, m, n_keep, absmask, limit, mask)
+    return fixed
 
 
-@nb.njit(cache=True)
-def _strided_fixed_m(keys, m, n_keep, absmask, limit, mask):
-    return _strided(keys, nb.literally(m), n_keep, absmask, limit, mask)
+class _FixedM:
+    """Call ``kernel`` through a closure compiled for this m. (numba.literally re-ran type inference on
+    every call: about 7 ms a call, more than the mask itself for any weight below a few million.)"""
+
+    def __init__(self, kernel):
+        self.kernel, self.by_m = kernel, {}
+
+    def __call__(self, keys, m, n_keep, absmask, limit, mask):
+        if m not in self.by_m:
+            self.by_m[m] = _constant_m(self.kernel, m)
+        return self.by_m[m](keys, n_keep, absmask, limit, mask)
 
 
-@nb.njit(cache=True)
-def _rows_parallel_fixed_m(keys, m, n_keep, absmask, limit, mask):
-    return _rows_parallel(keys, nb.literally(m), n_keep, absmask, limit, mask)
-
-
-@nb.njit(cache=True)
-def _strided_parallel_fixed_m(keys, m, n_keep, absmask, limit, mask):
-    return _strided_parallel(keys, nb.literally(m), n_keep, absmask, limit, mask)
+_rows_fixed_m = _FixedM(_rows)
+_strided_fixed_m = _FixedM(_strided)
+_rows_parallel_fixed_m = _FixedM(_rows_parallel)
+_strided_parallel_fixed_m = _FixedM(_strided_parallel)
 
 
 _KERNELS = {  # (strided, parallel, fixed m) -> kernel
