@@ -1,7 +1,7 @@
 """Probe which cuSPARSELt call sequences work on this GPU, each variant in its own process (a kernel that
 traps leaves the CUDA context unusable). Raw nvmath bindings, independent of nmref.cusparselt.
 
-    python benchmarks/gpu_probe_cusparselt.py [--json FILE]      # all variants
+    python benchmarks/gpu_probe_cusparselt.py [--json FILE] [--only round2|a,b,...]   # all variants
     python benchmarks/gpu_probe_cusparselt.py VARIANT            # one, in this process
 """
 import json
@@ -30,7 +30,17 @@ VARIANTS = {                      # name: options; shape (out, in, batch)
     "search_plan_compress": dict(shape=(4096, 4096, 256), search=True, compress="plan"),
     "torch_cslt": dict(shape=(4096, 4096, 256), torch=True),
     "configs_4096": dict(shape=(4096, 4096, 256), configs=True),
+    # second round: does the search need the weight compressed through its own plan?
+    "cross_c32_s16": dict(shape=(4096, 4096, 16), search=True, compress="plan", compress_batch=32),
+    "cross_c32_s256": dict(shape=(4096, 4096, 256), search=True, compress="plan", compress_batch=32),
+    "cross_c256_s32": dict(shape=(4096, 4096, 32), search=True, compress="plan", compress_batch=256),
+    "same_s16": dict(shape=(4096, 4096, 16), search=True, compress="plan"),
+    "same_s4096": dict(shape=(4096, 4096, 4096), search=True, compress="plan"),
+    "same_tiny": dict(shape=(16, 16, 8), search=True, compress="plan"),
+    "same_bf16_s256": dict(shape=(4096, 4096, 256), dtype="bfloat16", search=True, compress="plan"),
+    "bytes_4096": dict(shape=(4096, 4096, 16), bytes=(8, 16, 32, 256, 4096)),
 }
+ROUND2 = [k for k in VARIANTS if k.startswith(("cross", "same", "bytes"))]
 
 
 def run(name):
@@ -89,6 +99,29 @@ def run(name):
     if o.get("sparse_ptr"):
         p = np.array([wg.data.ptr], np.uint64); holders.append(p)
         lt.matmul_desc_set_attribute(h, mm, 9, p.ctypes.data, 8)
+    def plan_for(rows):
+        bb = lt.dense_descriptor_init(h, rows, in_f, in_f, 16, ctype[dtype], 2)
+        dd = lt.dense_descriptor_init(h, out_f, rows, out_f, 16, ctype[out_dtype], 1)
+        m2 = lt.matmul_descriptor_init(h, 0, 1, a, bb, dd, dd, 0 if dtype == "int8" else 2)
+        return lt.matmul_plan_init(h, m2, lt.matmul_alg_selection_init(h, m2, 0))
+
+    def compress_with(pl):
+        size, bsize = lt.sp_mma_compressed_size(h, pl)
+        out, buf = cp.empty(size, cp.uint8), cp.empty(max(bsize, 1), cp.uint8)
+        lt.sp_mma_compress(h, pl, wg.data.ptr, out.data.ptr, buf.data.ptr, 0)
+        cp.cuda.Device().synchronize()
+        return out
+
+    if o.get("bytes"):
+        ref_c = compress_with(plan_for(o["bytes"][0]))
+        size2, bsize2 = lt.sp_mma_compressed_size2(h, a)
+        c2, buf2 = cp.empty(size2, cp.uint8), cp.empty(max(bsize2, 1), cp.uint8)
+        lt.sp_mma_compress2(h, a, 1, 0, wg.data.ptr, c2.data.ptr, buf2.data.ptr, 0)
+        cp.cuda.Device().synchronize()
+        same = {rows: bool(c.size == ref_c.size and (c == ref_c).all())
+                for rows in o["bytes"][1:] for c in [compress_with(plan_for(rows))]}
+        v2_same = bool(c2.size == ref_c.size and (c2 == ref_c).all())
+        return f"plan-compressed bytes equal to batch {o['bytes'][0]}'s: {same}; compress2 equal: {v2_same}; sizes {ref_c.size} {c2.size}"
     alg_sel = lt.matmul_alg_selection_init(h, mm, 0)
     max_id = np.zeros(1, np.int32)
     lt.matmul_alg_get_attribute(h, alg_sel, 1, max_id.ctypes.data, 4)
@@ -101,9 +134,7 @@ def run(name):
         lt.sp_mma_compress2(h, a, 1, 0, wg.data.ptr, wc.data.ptr, buf.data.ptr, 0)
     else:
         lt.sp_mma_prune_check(h, mm, wg.data.ptr, valid.data.ptr, 0)
-        size, bsize = lt.sp_mma_compressed_size(h, plan)
-        wc, buf = cp.empty(size, cp.uint8), cp.empty(max(bsize, 1), cp.uint8)
-        lt.sp_mma_compress(h, plan, wg.data.ptr, wc.data.ptr, buf.data.ptr, 0)
+        wc = compress_with(plan_for(o["compress_batch"]) if "compress_batch" in o else plan)
     cp.cuda.Device().synchronize()
     assert int(valid.get()[0]) == 0, "prune check refused a 2:4 weight"
     alpha, beta = np.ones(1, np.float32), np.zeros(1, np.float32)
@@ -167,7 +198,9 @@ def main():
         print("RESULT", run(sys.argv[1]), flush=True)
         return
     results = {}
-    for name in VARIANTS:
+    names = sys.argv[sys.argv.index("--only") + 1].split(",") if "--only" in sys.argv else list(VARIANTS)
+    names = ROUND2 if names == ["round2"] else names
+    for name in names:
         t0 = time.time()
         try:
             p = subprocess.run([sys.executable, __file__, name], capture_output=True, text=True, timeout=120)

@@ -71,12 +71,15 @@ tests)
     run_tests tests.log tests
     ;;
 full)
-    TEST_TIMEOUT=170 run_tests tests.log -m gpu tests
+    stamp "probe round 2"
+    timeout 120 python3 benchmarks/gpu_probe_cusparselt.py --only round2 --json "$OUT/gpu_probe2.json" 2>&1 | tee "$OUT/probe2.log"
+    TEST_TIMEOUT=100 run_tests tests_cusparselt.log tests/test_cusparselt.py          # own process: a trap is sticky
+    TEST_TIMEOUT=100 run_tests tests.log -m gpu tests --ignore=tests/test_cusparselt.py
     stamp "bench_cusparselt"
-    timeout 290 python3 benchmarks/bench_cusparselt.py --json "$OUT/gpu_cusparselt.json" \
+    timeout 270 python3 benchmarks/bench_cusparselt.py --json "$OUT/gpu_cusparselt.json" \
         --markdown "$OUT/gpu_cusparselt.md" 2>&1 | tee "$OUT/bench_cusparselt.log"
     stamp "bench_gpu_train_step"
-    timeout 90 python3 benchmarks/bench_gpu_train_step.py --markdown "$OUT/gpu_train_step.md" 2>&1 | tee "$OUT/bench_train.log"
+    timeout 60 python3 benchmarks/bench_gpu_train_step.py --markdown "$OUT/gpu_train_step.md" 2>&1 | tee "$OUT/bench_train.log"
     ;;
 *)
     echo "unknown stage $STAGE (cslt | tests | full)"; exit 2 ;;

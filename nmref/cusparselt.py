@@ -2,8 +2,9 @@
 
 W (out, in), 2:4 along ``in``, is cuSPARSELt's structured operand A (row-major, opA = N); x (batch, in)
 row-major is B with opB = T; y is written column-major (out, batch) with ld = out, which is y (batch, out)
-row-major in memory: no copies. The weight is checked with the library's prune check and compressed once;
-a plan and its algorithm search are cached per batch size; every call runs on the current CuPy stream.
+row-major in memory: no copies. The weight is checked with the library's prune check; a plan, its algorithm
+search and the weight compressed through it are cached per batch size (identical compressed bytes stored
+once); every call runs on the current CuPy stream.
 
 Needs CuPy, nvmath-python (``nvmath.bindings.cusparseLt``; CuPy's wheels ship no cuSPARSELt module) and
 libcusparseLt (``nvidia-cusparselt-cu13``). Imported lazily: ``import nmref`` never loads it.
@@ -139,7 +140,7 @@ class _Resources:
 
 
 class _Plan:
-    __slots__ = ("plan", "workspace", "workspace_ptr")
+    __slots__ = ("plan", "workspace", "workspace_ptr", "compressed", "compressed_ptr")
 
 
 class SparseMatmul:
@@ -150,10 +151,15 @@ class SparseMatmul:
     inputs, cuSPARSELt's bias type there). out_dtype: the input dtype for float16/bfloat16; int32 (default),
     int8, float16 or bfloat16 for int8 inputs. search: run cuSPARSELt's algorithm search once per batch size
     (default: on unless the environment sets NMREF_CUSPARSELT_SEARCH=0).
-    The object keeps only the compressed weight; call ``close()`` (or use ``with``) to free it early.
+
+    The weight is compressed through each batch size's plan (cuSPARSELt 0.8.0 on an H200 traps in the
+    algorithm search when the weight was compressed through another plan: benchmarks/results/gpu_notes.md);
+    identical compressed bytes are stored once. batch_sizes=None keeps a reference to ``weight`` and builds a
+    plan at the first call of each new batch size; a tuple builds those plans now and keeps no dense weight,
+    and other batch sizes are refused. ``close()`` (or ``with``) frees everything early.
     """
 
-    def __init__(self, weight, bias=None, out_dtype=None, search=None):
+    def __init__(self, weight, bias=None, out_dtype=None, search=None, batch_sizes=None):
         cupy, lt = _bindings()
         self._cupy, self._lt = cupy, lt
         _check_operand(weight, "weight", cupy)
@@ -169,7 +175,7 @@ class SparseMatmul:
                                f"GPU {self.device_id} is {cupy.cuda.Device(self.device_id).compute_capability}")
         self._res = _Resources(lt)
         self._finalizer = weakref.finalize(self, self._res.release)
-        self._plans, self._streams = {}, {}
+        self._plans, self._streams, self._weight = {}, {}, None
         self._in_np_dtype, self._out_np_dtype = np_dtype(self.dtype), np_dtype(out_dtype_name)
         bias_dtype = "float32" if self.dtype == "int8" else out_dtype_name
         self.bias = None if bias is None else self._prepare_bias(bias, bias_dtype)
@@ -185,8 +191,14 @@ class SparseMatmul:
                                                           self.in_features, ALIGNMENT, _CUDA_DTYPE[self.dtype],
                                                           _ORDER_ROW, _SPARSITY_50)
         self._res.mat_descs.append(self._weight_desc)
-        self.compressed = self._compress(weight, 4 * DENSE_MULTIPLE[self.dtype])
-        self._compressed_ptr = self.compressed.data.ptr
+        self._prune_check(weight)
+        self._weight = weight
+        if batch_sizes is not None:
+            for batch in batch_sizes:
+                check_batch(batch, self.dtype)
+            for batch in sorted(set(batch_sizes)):
+                self._new_plan(batch)
+            self._weight = None
 
     def _out_dtype(self, out_dtype):
         allowed = OUT_DTYPES[self.dtype]
@@ -218,24 +230,29 @@ class SparseMatmul:
         raise ValueError(f"weight is not 2:4 sparse along in_features (cuSPARSELt's prune check refused it{where}); "
                          "mask it first, e.g. w * nmref.nm_mask(w, 2, 4) (at most 2 non-zeros in every 4)")
 
-    def _compress(self, weight, batch):
-        """Prune-check W and compress it through a plan for ``batch`` (the plan-based calls: the deprecated
-        *2 compression let cusparseLtMatmulSearch crash with an illegal instruction on cuSPARSELt 0.8.0 / H200)."""
+    def _prune_check(self, weight):
+        """cuSPARSELt's own check that W is 2:4 along in_features (it writes 1 to ``valid`` only on failure)."""
         cupy, lt, h = self._cupy, self._lt, self._res.handle
-        stream = self._stream_ptr()
-        matmul_desc, plan = self._matmul_plan(batch)
-        valid = cupy.zeros(1, dtype=cupy.int32)                  # the check writes 1 only when it fails
-        lt.sp_mma_prune_check(h, matmul_desc, weight.data.ptr, valid.data.ptr, stream)
+        matmul_desc = self._matmul_desc(4 * DENSE_MULTIPLE[self.dtype])
+        valid = cupy.zeros(1, dtype=cupy.int32)
+        lt.sp_mma_prune_check(h, matmul_desc, weight.data.ptr, valid.data.ptr, self._stream_ptr())
         if int(valid.get()[0]) != 0:
             self._report_invalid(weight)
+
+    def _compress(self, plan):
+        """W compressed through ``plan``; shares the bytes of an earlier plan's copy when they are identical."""
+        cupy, lt, h = self._cupy, self._lt, self._res.handle
         size, buffer_size = lt.sp_mma_compressed_size(h, plan)
         compressed = cupy.empty(size, dtype=cupy.uint8)
         buffer = cupy.empty(max(buffer_size, 1), dtype=cupy.uint8)
-        lt.sp_mma_compress(h, plan, weight.data.ptr, compressed.data.ptr, buffer.data.ptr, stream)
+        lt.sp_mma_compress(h, plan, self._weight.data.ptr, compressed.data.ptr, buffer.data.ptr, self._stream_ptr())
         cupy.cuda.get_current_stream().synchronize()
+        for entry in self._plans.values():
+            if entry.compressed.size == size and bool((entry.compressed == compressed).all()):
+                return entry.compressed
         return compressed
 
-    def _matmul_plan(self, batch):
+    def _matmul_desc(self, batch):
         lt, h = self._lt, self._res.handle
         x_desc = self._dense_desc(batch, self.in_features, self.in_features, self.dtype, _ORDER_ROW)
         y_desc = self._dense_desc(self.out_features, batch, self.out_features, self.out_dtype, _ORDER_COL)
@@ -244,6 +261,11 @@ class SparseMatmul:
         self._res.matmul_descs.append(matmul_desc)
         if self.bias is not None:
             lt.matmul_desc_set_attribute(h, matmul_desc, _BIAS_POINTER, self._bias_ptr.ctypes.data, 8)
+        return matmul_desc
+
+    def _matmul_plan(self, batch):
+        lt, h = self._lt, self._res.handle
+        matmul_desc = self._matmul_desc(batch)
         alg_sel = lt.matmul_alg_selection_init(h, matmul_desc, _ALG_DEFAULT)
         self._res.alg_sels.append(alg_sel)
         plan = lt.matmul_plan_init(h, matmul_desc, alg_sel)
@@ -257,18 +279,37 @@ class SparseMatmul:
             self._res.buffers.append(entry.workspace)
             entry.workspace_ptr = entry.workspace.data.ptr
 
-    def _new_plan(self, x, y, streams):
+    def _scratch(self, shape, dtype):
+        """Random operands for the algorithm search when no call's data are at hand (never zeros: METHOD.md)."""
+        cupy = self._cupy
+        values = cupy.random.default_rng(0).standard_normal(shape, dtype=cupy.float32)
+        return cupy.rint(values * 8).astype(np_dtype(dtype)) if dtype == "int8" else values.astype(np_dtype(dtype))
+
+    def _new_plan(self, batch, x=None, y=None):
         entry = _Plan()
-        _, entry.plan = self._matmul_plan(x.shape[0])
+        _, entry.plan = self._matmul_plan(batch)
+        entry.compressed = self._compress(entry.plan)
+        entry.compressed_ptr = entry.compressed.data.ptr
         entry.workspace = None
         self._workspace(entry)
         if self.search:
-            self._lt.matmul_search(self._res.handle, entry.plan, self._alpha.ctypes.data, self.compressed.data.ptr,
+            x = self._scratch((batch, self.in_features), self.dtype) if x is None else x
+            y = self._cupy.empty((batch, self.out_features), dtype=self._out_np_dtype) if y is None else y
+            streams = self._stream_array()
+            self._lt.matmul_search(self._res.handle, entry.plan, self._alpha.ctypes.data, entry.compressed_ptr,
                                    x.data.ptr, self._beta.ctypes.data, y.data.ptr, y.data.ptr, entry.workspace_ptr,
                                    streams.ctypes.data, 1)
             self._workspace(entry)
-        self._plans[x.shape[0]] = entry
+        self._res.buffers.append(entry.compressed)
+        self._plans[batch] = entry
         return entry
+
+    def _stream_array(self):
+        stream = self._cupy.cuda.get_current_stream().ptr
+        streams = self._streams.get(stream)
+        if streams is None:
+            streams = self._streams[stream] = np.array([stream], dtype=np.uint64)
+        return streams
 
     @property
     def batch_sizes(self):
@@ -289,6 +330,10 @@ class SparseMatmul:
         entry = self._plans.get(batch)
         if entry is None:
             check_batch(batch, self.dtype)
+            if self._weight is None:
+                raise ValueError(f"batch={batch} has no plan: this SparseMatmul was built for batch_sizes "
+                                 f"{self.batch_sizes} without keeping the weight; pad x to one of them or build it "
+                                 "with batch_sizes=None")
         if out is None:
             out = cupy.empty((batch, self.out_features), dtype=self._out_np_dtype)
         else:
@@ -296,13 +341,10 @@ class SparseMatmul:
             if out.shape != (batch, self.out_features) or out.dtype != self._out_np_dtype:
                 raise ValueError(f"out must be ({batch}, {self.out_features}) {self.out_dtype}, "
                                  f"got {out.shape} {dtype_name(out)}")
-        stream = cupy.cuda.get_current_stream().ptr
-        streams = self._streams.get(stream)
-        if streams is None:
-            streams = self._streams[stream] = np.array([stream], dtype=np.uint64)
         if entry is None:
-            entry = self._new_plan(x, out, streams)
-        self._lt.matmul(self._res.handle, entry.plan, self._alpha.ctypes.data, self._compressed_ptr,
+            entry = self._new_plan(batch, x, out)
+        streams = self._stream_array()
+        self._lt.matmul(self._res.handle, entry.plan, self._alpha.ctypes.data, entry.compressed_ptr,
                         x.data.ptr, self._beta.ctypes.data, out.data.ptr, out.data.ptr, entry.workspace_ptr,
                         streams.ctypes.data, 1)
         return out
@@ -313,7 +355,7 @@ class SparseMatmul:
         """Release the plans, descriptors, handle and device buffers now (also done when the object goes)."""
         self._finalizer()
         self._plans = {}
-        self.compressed = self.bias = None
+        self._weight = self.bias = None
 
     def __enter__(self):
         return self

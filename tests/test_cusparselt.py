@@ -234,12 +234,18 @@ def test_shape_alignment_and_type_errors(cp):
 
 
 @pytest.mark.gpu
-def test_weight_compressed_once_serves_every_batch_size(cp):
+def test_batch_sizes_up_front_keep_no_dense_weight(cp):
     rng = np.random.default_rng(6)
     w = to_gpu(cp, weight_24(rng, 64, 128), "float16")
-    with cslt.SparseMatmul(w) as op:
-        for batch in (8, 256, 1024):                 # the compressed bytes do not depend on the plan's batch
-            assert bool((op._compress(w, batch) == op.compressed).all()), batch
+    with cslt.SparseMatmul(w, batch_sizes=(64, 8, 8)) as op:
+        assert op.batch_sizes == [8, 64] and op._weight is None
+        for batch in (8, 64):
+            x = to_gpu(cp, rng.standard_normal((batch, 128)), "float16")
+            assert rel(cp.asnumpy(op(x, out=poisoned(cp, (batch, 64), "float16"))), reference(cp, x, w)) < 1e-3
+        with pytest.raises(ValueError, match="batch=16 has no plan"):
+            op(to_gpu(cp, rng.standard_normal((16, 128)), "float16"))
+    with pytest.raises(ValueError, match="batch=12"):
+        cslt.SparseMatmul(w, batch_sizes=(12,))
 
 
 @pytest.mark.gpu
