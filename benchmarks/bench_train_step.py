@@ -1,20 +1,25 @@
 """One full training step (forward, cross-entropy, backward, SGD momentum step), nmref vs PyTorch eager on
-the CPU, both on 2 threads, alternating in one process; median of several runs.
+the CPU, both on the same number of threads (2 by default), alternating in one process; median of several runs.
 
-    python benchmarks/bench_train_step.py [--repeats 15] [--no-save]
+    python benchmarks/bench_train_step.py [--repeats 15] [--threads 2] [--no-save]
 """
-import os
-
-for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ.setdefault(_var, "2")                     # before NumPy / torch load their thread pools
-
 import argparse
+import os
 import sys
 from pathlib import Path
 
-import numpy as np
-import torch
-import torch.nn.functional as F
+parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+parser.add_argument("--repeats", type=int, default=15)
+parser.add_argument("--warmup", type=int, default=3)
+parser.add_argument("--threads", type=int, default=2, help="BLAS / OpenMP threads for both libraries")
+parser.add_argument("--no-save", action="store_true")
+ARGS = parser.parse_args() if __name__ == "__main__" else parser.parse_args([])
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ[_var] = str(ARGS.threads)                 # before NumPy / torch start their thread pools
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import alternate, save, table  # noqa: E402
@@ -72,13 +77,8 @@ def steps(ours, theirs, x, labels):
     return ours_step, torch_step, losses
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=15)
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--no-save", action="store_true")
-    args = parser.parse_args()
-    torch.set_num_threads(2)
+def main(args=ARGS):
+    torch.set_num_threads(args.threads)
     rows = []
     for (name, target), build in zip(TARGETS.items(), (mlp, cnn)):
         rng = np.random.default_rng(0)
@@ -95,10 +95,11 @@ def main():
                   "within", "first-step loss rel. diff"], rows)
     print(body)
     if not args.no_save:
-        notes = (f"One step = forward, softmax cross-entropy, backward, SGD(momentum 0.9) step. Both on 2 threads "
-                 f"(torch.set_num_threads(2), OPENBLAS/OMP_NUM_THREADS=2), runs alternating in one process, "
-                 f"median of {args.repeats} after {args.warmup} warm-up steps each.")
-        print("saved", save("train_step", "Training step: nmref vs PyTorch eager (CPU)", body, notes))
+        notes = (f"One step = forward, softmax cross-entropy, backward, SGD(momentum 0.9) step. Both on "
+                 f"{args.threads} thread(s) (torch.set_num_threads, OPENBLAS/OMP_NUM_THREADS), runs alternating "
+                 f"in one process, median of {args.repeats} after {args.warmup} warm-up steps each.")
+        name = "train_step" if args.threads == 2 else f"train_step_{args.threads}threads"
+        print("saved", save(name, f"Training step: nmref vs PyTorch eager (CPU, {args.threads} threads)", body, notes))
 
 
 if __name__ == "__main__":
