@@ -74,12 +74,17 @@ def test_special_values_in_every_group_position(dtype):
     ((64, 192, 3, 3), "conv", 3, "_strided_parallel"),
     ((64, 64, 1, 1), "conv", 8, "_rows_fixed_m"),
     ((8, 24, 3), "conv", 3, "_strided"),
+    ((64, 64, 3, 3), "conv", 4, "_strided_fixed_m"),
+    ((128, 4096), "linear", 16, "_rows_composite_parallel_fixed_m"),
+    ((96, 4080), "linear", 10, "_rows_composite_parallel"),
+    ((8, 64), "linear", 16, "_rows_composite_fixed_m"),
+    ((8, 60), "linear", 12, "_rows_composite"),
 ])
 def test_every_kernel_path_matches_the_reference(shape, layout, m, kernel):
     rng = np.random.default_rng(1)
     w = rng.integers(-4, 5, size=shape).astype(np.float32)               # many ties
     view = masks.axis_view(w, layout)
-    assert numba_cpu.pick_kernel(view.shape, m) is getattr(numba_cpu, kernel)
+    assert numba_cpu.pick_kernel(view.shape, m, np.uint32) is getattr(numba_cpu, kernel)
     for n in (1, m - 1):
         assert np.array_equal(nm_mask(w, max(n, 1), m, layout, backend="numba"),
                               nm_mask_reference(w, max(n, 1), m, layout))

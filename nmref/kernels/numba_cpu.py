@@ -36,6 +36,30 @@ def _rows(keys, m, n_keep, absmask, limit, mask):
 
 
 @nb.njit(cache=True)
+def _rows_composite(keys, m, n_keep, absmask, limit, mask):
+    """As ``_rows`` for 32-bit keys and large m: composite keys (key << bits(m)) | i are distinct and order
+    like the rule (ties: higher index ranks above), so one compare per pair and the loop over i vectorizes."""
+    shift = np.uint64(1)
+    while (1 << shift) < m:
+        shift += np.uint64(1)
+    composite = np.empty(m, np.uint64)
+    nonfinite = 0
+    for g in range(keys.shape[0] // m):
+        base = g * m
+        for i in range(m):
+            k = keys[base + i] & absmask
+            nonfinite += k >= limit
+            composite[i] = (np.uint64(k) << shift) | np.uint64(i)
+        for j in range(m):
+            cj = composite[j]
+            above = 0
+            for i in range(m):
+                above += composite[i] > cj
+            mask[base + j] = above < n_keep
+    return nonfinite
+
+
+@nb.njit(cache=True)
 def _strided(keys, m, n_keep, absmask, limit, mask):
     """keys (A, K, B) with groups of m along K (conv (Cout, Cin, kh*kw)), mask (A, K, B) out."""
     n_a, k, n_b = keys.shape
@@ -69,59 +93,85 @@ def _rows_parallel(keys, m, n_keep, absmask, limit, mask):
 
 
 @nb.njit(cache=True, parallel=True)
-def _strided_parallel(keys, m, n_keep, absmask, limit, mask):
+def _rows_composite_parallel(keys, m, n_keep, absmask, limit, mask):
+    n_groups = keys.shape[0] // m
+    n_chunks = (n_groups + CHUNK - 1) // CHUNK
     nonfinite = 0
-    for a in nb.prange(keys.shape[0]):
-        nonfinite += _strided(keys[a:a + 1], m, n_keep, absmask, limit, mask[a:a + 1])
+    for c in nb.prange(n_chunks):
+        lo = c * CHUNK * m
+        hi = min(n_groups, (c + 1) * CHUNK) * m
+        nonfinite += _rows_composite(keys[lo:hi], m, n_keep, absmask, limit, mask[lo:hi])
     return nonfinite
 
 
-def _constant_m(kernel, m):
-    """``kernel`` with m a compile-time constant of a closure (numba caches one per m; loops unroll)."""
-    @nb.njit(cache=True)
-    def fixed(keys, n_keep, absmask, limit, mask):
-        return kernel(keys, m, n_keep, absmask, limit, mask)
-    return fixed
+@nb.njit(cache=True, parallel=True)
+def _strided_parallel(keys, m, n_keep, absmask, limit, mask):
+    n_a, k, n_b = keys.shape
+    per_task = max(1, CHUNK // max(1, (k // m) * n_b))                 # output channels per task
+    n_tasks = (n_a + per_task - 1) // per_task
+    nonfinite = 0
+    for t in nb.prange(n_tasks):
+        lo = t * per_task
+        hi = min(n_a, lo + per_task)
+        nonfinite += _strided(keys[lo:hi], m, n_keep, absmask, limit, mask[lo:hi])
+    return nonfinite
 
 
-class _FixedM:
-    """Call ``kernel`` through a closure compiled for this m. (numba.literally re-ran type inference on
-    every call: about 7 ms a call, more than the mask itself for any weight below a few million.)"""
-
-    def __init__(self, kernel):
-        self.kernel, self.by_m = kernel, {}
-
-    def __call__(self, keys, m, n_keep, absmask, limit, mask):
-        if m not in self.by_m:
-            self.by_m[m] = _constant_m(self.kernel, m)
-        return self.by_m[m](keys, n_keep, absmask, limit, mask)
+@nb.njit(cache=True)
+def _rows_fixed_m(keys, m, n_keep, absmask, limit, mask):
+    return _rows(keys, nb.literally(m), n_keep, absmask, limit, mask)
 
 
-_rows_fixed_m = _FixedM(_rows)
-_strided_fixed_m = _FixedM(_strided)
-_rows_parallel_fixed_m = _FixedM(_rows_parallel)
-_strided_parallel_fixed_m = _FixedM(_strided_parallel)
+@nb.njit(cache=True)
+def _rows_composite_fixed_m(keys, m, n_keep, absmask, limit, mask):
+    return _rows_composite(keys, nb.literally(m), n_keep, absmask, limit, mask)
 
 
-_KERNELS = {  # (strided, parallel, fixed m) -> kernel
-    (False, False, False): _rows, (False, True, False): _rows_parallel,
-    (True, False, False): _strided, (True, True, False): _strided_parallel,
-    (False, False, True): _rows_fixed_m, (False, True, True): _rows_parallel_fixed_m,
-    (True, False, True): _strided_fixed_m, (True, True, True): _strided_parallel_fixed_m,
+@nb.njit(cache=True)
+def _strided_fixed_m(keys, m, n_keep, absmask, limit, mask):
+    return _strided(keys, nb.literally(m), n_keep, absmask, limit, mask)
+
+
+@nb.njit(cache=True)
+def _rows_parallel_fixed_m(keys, m, n_keep, absmask, limit, mask):
+    return _rows_parallel(keys, nb.literally(m), n_keep, absmask, limit, mask)
+
+
+@nb.njit(cache=True)
+def _rows_composite_parallel_fixed_m(keys, m, n_keep, absmask, limit, mask):
+    return _rows_composite_parallel(keys, nb.literally(m), n_keep, absmask, limit, mask)
+
+
+@nb.njit(cache=True)
+def _strided_parallel_fixed_m(keys, m, n_keep, absmask, limit, mask):
+    return _strided_parallel(keys, nb.literally(m), n_keep, absmask, limit, mask)
+
+
+_KERNELS = {  # (kind, parallel, fixed m) -> kernel
+    ("rows", False, False): _rows, ("rows", True, False): _rows_parallel,
+    ("rows", False, True): _rows_fixed_m, ("rows", True, True): _rows_parallel_fixed_m,
+    ("composite", False, False): _rows_composite, ("composite", True, False): _rows_composite_parallel,
+    ("composite", False, True): _rows_composite_fixed_m, ("composite", True, True): _rows_composite_parallel_fixed_m,
+    ("strided", False, False): _strided, ("strided", True, False): _strided_parallel,
+    ("strided", False, True): _strided_fixed_m, ("strided", True, True): _strided_parallel_fixed_m,
 }
 
 
-def pick_kernel(shape, m):
-    """The kernel for keys of ``shape`` (A, K, B): rows when B == 1, threads for large weights."""
+def pick_kernel(shape, m, key_dtype=np.uint32):
+    """The kernel for keys of ``shape`` (A, K, B): rows when B == 1 (composite keys for 32-bit keys and
+    m > 8), strided otherwise; threads for large weights."""
     n_a, k, n_b = shape
-    strided = n_b > 1
-    parallel = n_a * k * n_b // m >= 2 * CHUNK and (not strided or n_a > 1)
-    return _KERNELS[strided, parallel, m in SPECIALIZED_M]
+    if n_b > 1:
+        kind = "strided"
+    else:
+        kind = "composite" if np.dtype(key_dtype).itemsize <= 4 and m > 8 else "rows"
+    parallel = n_a * k * n_b // m >= 2 * CHUNK and (kind != "strided" or n_a > 1)
+    return _KERNELS[kind, parallel, m in SPECIALIZED_M]
 
 
 def run_mask(keys, m, n_keep, absmask, limit, mask):
     """Mask of keys (A, K, B) into mask (A, K, B), groups of m along K; returns the inf/NaN count."""
-    kernel = pick_kernel(keys.shape, m)
+    kernel = pick_kernel(keys.shape, m, keys.dtype)
     if keys.shape[2] == 1:
         keys, mask = keys.reshape(-1), mask.reshape(-1)
     return int(kernel(keys, int(m), int(n_keep), absmask, limit, mask))
