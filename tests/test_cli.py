@@ -1,0 +1,94 @@
+"""The nmref command: help, fail-fast errors with exit code 2, a tiny train + resume, figures, check."""
+import json
+import sys
+import types
+
+import pytest
+
+from nmref.cli import main
+
+TINY = ["--model", "mlp", "--epochs", "1", "--batch-size", "500", "--no-progress"]
+
+
+def exit_code(argv):
+    try:
+        return main(argv)
+    except SystemExit as exc:
+        return exc.code
+
+
+def test_help_has_examples(capsys):
+    assert exit_code(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert "examples:" in out and "nmref train --method srste --pattern 2:4" in out
+    for command in ("train", "figures", "check", "golden", "export"):
+        assert command in out
+    assert exit_code(["train", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "--resume" in out and "checkpoint.npz" in out and "N kept of every M" in out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--model", "vgg"], "argument --model: invalid choice: 'vgg'"),
+    (["train", "--method", "srste", "--pattern", "5:4"], "keeping N=5 of M=4 is impossible"),
+    (["train", "--method", "srste", "--pattern", "2-4"], "is not of the form 'N:M'"),
+    (["train", "--dataset", "cifar10"], "give --data-path"),
+    (["train", "--dataset", "mnist", "--data-path", "/no/such/dir"], "data_path='/no/such/dir': no such file"),
+    (["train", "--lam", "1e-3"], "--lam applies to --method srste, not dense"),
+    (["train", "--pattern", "2:4"], "--pattern has no effect with --method dense"),
+    (["train", "--method", "lbc", "--t-f", "-1"], "t_f=-1.0 must be > t_i=0"),
+    (["train", "--epochs", "0"], "argument --epochs: 0 must be an integer >= 1"),
+    (["train", "--method", "srste", "--strict-sparse", "--describe"], "cannot be made 2:4"),
+    (["bogus"], "invalid choice: 'bogus'"),
+])
+def test_bad_arguments_exit_2_with_a_clear_message(capsys, argv, message):
+    assert exit_code(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_missing_data_files_exit_2(tmp_path, capsys):
+    (tmp_path / "mnist").mkdir()
+    assert exit_code(["train", "--dataset", "mnist", "--data-path", str(tmp_path / "mnist"), "--out",
+                      str(tmp_path / "run")]) == 2
+    assert "train-images-idx3-ubyte.gz: no such file" in capsys.readouterr().err
+
+
+def test_describe_prints_the_layer_table(capsys):
+    assert exit_code(["train", "--method", "lbc", "--pattern", "4:8", "--describe"]) == 0
+    out = capsys.readouterr().out
+    assert "LBC(4, 8" in out and "dense: Cin=1 is not divisible by m=8" in out
+
+
+def test_train_resume_and_run_directory_errors(tmp_path, capsys):
+    out = str(tmp_path / "run")
+    assert exit_code(["train", "--method", "srste", "--pattern", "2:4", "--epochs", "2", "--stop-after", "1",
+                      "--out", out, *TINY[:2], *TINY[4:]]) == 0
+    assert "test accuracy" in capsys.readouterr().out
+    rows = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
+    assert len(rows) == 1 and rows[0]["density"] == 0.5
+    assert exit_code(["train", "--out", out, *TINY]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert exit_code(["train", "--resume", "--out", out, "--lr", "0.3"]) == 2
+    assert "other settings (lr: 0.1 -> 0.3)" in capsys.readouterr().err
+    assert exit_code(["train", "--resume", "--out", out, "--no-progress"]) == 0      # settings from the checkpoint
+    rows = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
+    assert [r["epoch"] for r in rows] == [0, 1]
+    assert exit_code(["check", str(tmp_path / "run" / "checkpoint.npz"), "--pattern", "2:4"]) == 0
+    assert exit_code(["train", "--resume", "--out", str(tmp_path / "nothing"), *TINY]) == 2
+    assert "does not exist; run without --resume first" in capsys.readouterr().err
+
+
+def test_figures_passes_its_arguments(monkeypatch):
+    seen = []
+    fake = types.ModuleType("paper_figures.run_all")
+    fake.main = lambda argv: seen.append(argv) or 0
+    monkeypatch.setitem(sys.modules, "paper_figures.run_all", fake)
+    assert exit_code(["figures", "--only", "fig2_sad", "--help"]) == 0
+    assert seen == [["--only", "fig2_sad", "--help"]]
+
+
+def test_figures_outside_a_checkout_says_what_to_do(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "paper_figures", None)
+    monkeypatch.setitem(sys.modules, "paper_figures.run_all", None)
+    assert exit_code(["figures"]) == 2
+    assert "pip install -e ." in capsys.readouterr().err

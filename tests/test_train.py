@@ -1,0 +1,181 @@
+"""Training loop: determinism, bit-for-bit resume (also after a crash mid-epoch), crash-safe checkpoints,
+per-method smoke runs with N:M checks of the final checkpoint, init-from, settings validation."""
+import math
+
+import numpy as np
+import pytest
+
+from nmref import train as train_mod
+from nmref.masks import is_nm, nm_mask
+from nmref.train import TrainConfig, lr_factor, read_checkpoint, read_metrics, timing_free, train
+
+QUICK = dict(model="mlp", batch_size=256, progress=False)
+
+
+def run(tmp_path, name, **settings):
+    return train(TrainConfig(out=str(tmp_path / name), **{**QUICK, **settings}))
+
+
+def checkpoint_arrays(result):
+    arrays, meta = read_checkpoint(result["checkpoint"])
+    return arrays, meta
+
+
+def assert_same_run(a, b):
+    arrays_a, meta_a = checkpoint_arrays(a)
+    arrays_b, meta_b = checkpoint_arrays(b)
+    assert sorted(arrays_a) == sorted(arrays_b)
+    for key in arrays_a:
+        assert arrays_a[key].dtype == arrays_b[key].dtype, key
+        assert arrays_a[key].tobytes() == arrays_b[key].tobytes(), key
+    assert meta_a["shuffle_rng"] == meta_b["shuffle_rng"]
+    assert (meta_a["epoch"], meta_a["step"]) == (meta_b["epoch"], meta_b["step"])
+    rows_a = [timing_free(r) for r in read_metrics(a["out"])]
+    rows_b = [timing_free(r) for r in read_metrics(b["out"])]
+    assert rows_a == rows_b and len(rows_a) == meta_a["epoch"]
+
+
+def test_same_seed_same_run_bit_for_bit(tmp_path):
+    a = run(tmp_path, "a", method="srste", epochs=2)
+    b = run(tmp_path, "b", method="srste", epochs=2)
+    assert_same_run(a, b)
+    c = run(tmp_path, "c", method="srste", epochs=2, seed=1)
+    assert [r["train_loss"] for r in c["history"]] != [r["train_loss"] for r in a["history"]]
+
+
+@pytest.mark.parametrize("method, settings", [("srste", {}), ("lbc", {"t_f": 2}), ("fixed", {"fix_at": 1})])
+def test_resume_gives_the_uninterrupted_run(tmp_path, method, settings):
+    whole = run(tmp_path, "whole", method=method, epochs=4, **settings)
+    first = run(tmp_path, "parts", method=method, epochs=4, stop_after=2, **settings)
+    assert len(first["history"]) == 2 and not first["finished"]
+    resumed = run(tmp_path, "parts", method=method, epochs=4, resume=True, **settings)
+    assert resumed["finished"] and len(resumed["history"]) == 4
+    assert_same_run(whole, resumed)
+
+
+def test_resume_after_a_crash_mid_epoch(tmp_path, monkeypatch):
+    whole = run(tmp_path, "whole", method="srste", epochs=3)
+    real_loss, calls = train_mod.softmax_cross_entropy, []
+
+    def crashing_loss(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 20:                                  # inside epoch 2 (8 steps per epoch)
+            raise KeyboardInterrupt
+        return real_loss(*args, **kwargs)
+    monkeypatch.setattr(train_mod, "softmax_cross_entropy", crashing_loss)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path, "crashed", method="srste", epochs=3)
+    monkeypatch.setattr(train_mod, "softmax_cross_entropy", real_loss)
+    assert len(read_metrics(tmp_path / "crashed")) == 2
+    resumed = run(tmp_path, "crashed", method="srste", epochs=3, resume=True)
+    assert_same_run(whole, resumed)
+
+
+def test_crash_during_save_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    result = run(tmp_path, "a", method="ste", epochs=1)
+    before = (tmp_path / "a" / "checkpoint.npz").read_bytes()
+
+    def failing_savez(file, **arrays):
+        file.write(b"PK half a zip")
+        raise OSError("disk full")
+    monkeypatch.setattr(np, "savez", failing_savez)
+    with pytest.raises(OSError, match="disk full"):
+        run(tmp_path, "a", method="ste", epochs=2, overwrite=True)
+    assert (tmp_path / "a" / "checkpoint.npz").read_bytes() == before
+    assert not list((tmp_path / "a").glob("*.tmp"))
+    monkeypatch.undo()
+    read_checkpoint(result["checkpoint"])
+
+
+@pytest.mark.parametrize("method", ["dense", "ste", "srste", "fixed", "lbc"])
+def test_method_smoke_columns_and_final_nm(tmp_path, method):
+    result = train(TrainConfig(method=method, pattern="2:4", epochs=2, batch_size=256, progress=False,
+                               out=str(tmp_path / method)))
+    row = result["final"]
+    for column in train_mod.METRIC_COLUMNS + train_mod.TIMING_COLUMNS:
+        assert column in row
+    assert 0.1 < row["test_acc"] <= 1 and math.isfinite(row["train_loss"])
+    rows_csv = (tmp_path / method / "metrics.csv").read_text().splitlines()
+    assert len(rows_csv) == 3 and rows_csv[0].split(",")[: len(train_mod.METRIC_COLUMNS)] == list(
+        train_mod.METRIC_COLUMNS)
+    arrays, meta = read_checkpoint(result["checkpoint"])
+    masks = {k[5:]: v for k, v in arrays.items() if k.startswith("mask/")}
+    if method == "dense":
+        assert not masks and row["density"] == 1.0 and "sad_step" not in row
+        return
+    assert sorted(masks) == ["3.weight", "6.weight"]                 # cnn1d: first conv and last Linear dense
+    for name, mask in masks.items():
+        masked = arrays[f"param/{name}"] * mask
+        assert mask.dtype == bool and is_nm(masked, 2, 4, "conv")
+        assert mask.sum() == mask.size // 2
+    assert row["density"] == pytest.approx(0.5)
+    assert {"sad_step", "sad_epoch", "sad_init", "sad_epoch_frac", "sad_step/3"} <= set(row)
+    if method == "lbc":
+        assert row["is_nm"] is True and row["alive_per_group"] == 1.0
+        assert result["history"][0]["alive_per_group"] > 1.0
+    if method == "fixed":
+        assert row["sad_init"] == 0 and row["sad_step"] == 0
+    from nmref.check import check_file
+    assert check_file(result["checkpoint"], "2:4")["compliant"]
+
+
+def test_lbc_scores_get_their_own_weight_decay(tmp_path):
+    config = TrainConfig(method="lbc", model="mlp", weight_decay=1e-5, score_weight_decay=3e-4).resolved()
+    from nmref.models import build_model
+    model = build_model("mlp", train_mod.method_factory(config))
+    optimizer = train_mod.make_optimizer(model, config)
+    decay = {g["params"][0].group: g["weight_decay"] for g in optimizer.groups}
+    assert decay == {"weights": 1e-5, "scores": 3e-4}
+    assert all(g["momentum"] == 0.9 and g["lr"] == 0.1 for g in optimizer.groups)
+
+
+def test_init_from_dense_then_fixed_keeps_the_dense_weights_mask(tmp_path):
+    dense = run(tmp_path, "dense", method="dense", epochs=1)
+    fixed = run(tmp_path, "fixed", method="fixed", epochs=1, init_from=dense["checkpoint"])
+    dense_arrays, _ = read_checkpoint(dense["checkpoint"])
+    fixed_arrays, _ = read_checkpoint(fixed["checkpoint"])
+    expected = nm_mask(dense_arrays["param/1.weight"], 2, 4, "linear")
+    np.testing.assert_array_equal(fixed_arrays["mask/1.weight"], expected)
+    fresh = run(tmp_path, "fresh", method="fixed", epochs=1)
+    assert fresh["history"][0]["train_loss"] != fixed["history"][0]["train_loss"]
+
+
+def test_lr_schedule_per_iteration():
+    total, warmup = 120, 5
+    assert [lr_factor(s, total, warmup, "cosine") for s in range(6)] == [0, 0.2, 0.4, 0.6, 0.8, 1.0]
+    assert lr_factor(total - 1, total, warmup, "cosine") < 1e-3
+    assert lr_factor(62, total, warmup, "cosine") == pytest.approx(0.5 * (1 + math.cos(math.pi * 57 / 115)))
+    assert lr_factor(59, total, warmup, "step") == 1.0 and lr_factor(60, total, warmup, "step") == pytest.approx(0.1)
+    assert lr_factor(90, total, warmup, "step") == pytest.approx(0.01)
+    assert lr_factor(100, total, warmup, "constant") == 1.0 and lr_factor(2, total, warmup, "constant") == 0.4
+
+
+def test_logged_lr_follows_the_schedule(tmp_path):
+    result = run(tmp_path, "a", epochs=2, schedule="constant", warmup_frac=0.0)
+    assert [r["lr"] for r in result["history"]] == [0.1, 0.1]
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"method": "magic"}, "method='magic': choose one of"),
+    ({"method": "srste", "pattern": "5:4"}, "keeping N=5 of M=4 is impossible"),
+    ({"model": "vgg"}, "model='vgg': choose one of"),
+    ({"dataset": "cifar10"}, "data_path=None: dataset 'cifar10' is read from files"),
+    ({"epochs": 0}, "epochs=0: must be an integer >= 1"),
+    ({"momentum": 1.5}, r"momentum=1.5: must be in \[0, 1\)"),
+    ({"init_from": "/nonexistent.npz"}, "init_from='/nonexistent.npz': no such file"),
+])
+def test_bad_settings_fail_fast(tmp_path, settings, message):
+    with pytest.raises(ValueError, match=message):
+        run(tmp_path, "bad", **settings)
+
+
+def test_run_directory_protection_and_resume_checks(tmp_path):
+    with pytest.raises(FileNotFoundError, match="resume=True but .* does not exist"):
+        run(tmp_path, "a", resume=True)
+    run(tmp_path, "a", epochs=1)
+    with pytest.raises(FileExistsError, match="already holds a run"):
+        run(tmp_path, "a", epochs=1)
+    with pytest.raises(ValueError, match=r"other settings \(lr: 0.1 -> 0.05\)"):
+        run(tmp_path, "a", epochs=1, lr=0.05, resume=True)
+    again = run(tmp_path, "a", epochs=1, resume=True)
+    assert len(again["history"]) == 1 and again["finished"]
