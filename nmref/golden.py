@@ -28,7 +28,7 @@ SGD_HYPER = {"lr": 0.1, "momentum": 0.9, "weight_decay": 5e-5}
 ZIP_DATE = (1980, 1, 1, 0, 0, 0)
 TIE_RULE = ("in each group of m consecutive weights along the grouped axis, a stable ascending sort of |w|; "
             "the first m - n positions are pruned, so among equal |w| the lower index is pruned first")
-LAYOUTS = {
+LAYOUT_RULES = {
     "linear": "weight (out, in): groups of m consecutive input features of one output row",
     "conv": "weight (Cout, Cin, kh, kw): groups of m consecutive input channels at fixed (cout, kh, kw), i.e. "
             "the weight viewed as NHWC (Cout, kh, kw, Cin) before cutting groups",
@@ -65,7 +65,7 @@ def masks_file(rng):
     arrays.append(("stem_straddle_mask_2to4", nm_mask(stem, 2, 4, "conv", straddle=True),
                    "nm_mask(stem_weight, 2, 4, layout='conv', straddle=True): groups cross kernel positions"))
     definition = (f"mask = keep n of every m: {TIE_RULE}. Every group keeps exactly n (zeros too). Layouts: "
-                  + "; ".join(f"{k}: {v}" for k, v in LAYOUTS.items()) + ". n counts KEPT weights.")
+                  + "; ".join(f"{k}: {v}" for k, v in LAYOUT_RULES.items()) + ". n counts KEPT weights.")
     return "N:M magnitude masks with ties, patterns 1:4 2:4 2:8 4:8, layouts linear / conv / nchw_flatten", \
         definition, arrays
 
@@ -295,7 +295,7 @@ def build_golden():
     manifest = {"format": "nmref-golden", "format_version": FORMAT_VERSION, "nmref_version": __version__,
                 "seed": SEED, "conventions": {"n": "n counts KEPT weights of every m (n:m = keep n)",
                                               "mask": "boolean, True = kept", "tie_rule": TIE_RULE,
-                                              "layouts": LAYOUTS, "dtype": "float64 unless stated"},
+                                              "layouts": LAYOUT_RULES, "dtype": "float64 unless stated"},
                 "files": {}}
     contents = {}
     for index, (name, build) in enumerate(FILES):

@@ -280,6 +280,9 @@ def test_format_is_sniffed_without_a_known_extension(tmp_path, state):
     (tmp_path / "b.weights").write_bytes((tmp_path / "b.npz").read_bytes())
     assert read_tensors(tmp_path / "a.weights").format == "torch"
     assert read_tensors(tmp_path / "b.weights").format == "npz"
+    np.save(tmp_path / "fc.npy", state["fc.weight"])
+    single = check_file(tmp_path / "fc.npy", "2:4")
+    assert single["format"] == "npy" and [t["name"] for t in single["tensors"]] == ["fc"] and single["compliant"]
 
 
 def test_human_report_summarises(tmp_path, state):

@@ -4,6 +4,9 @@ import hashlib
 import itertools
 import json
 import math
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -44,10 +47,15 @@ def torch_mask(w, n, m, layout):
 def test_regenerated_byte_identical(golden, tmp_path, capsys):
     assert main(["golden", str(tmp_path)]) == 0
     assert "masks.npz" in capsys.readouterr().out
+    other = tmp_path / "other_process"
+    run = subprocess.run([sys.executable, "-m", "nmref.check", "golden", str(other)], capture_output=True,
+                         text=True, timeout=300, env={**os.environ, "PYTHONHASHSEED": "123"})
+    assert run.returncode == 0, run.stderr
     names = sorted(p.name for p in golden.iterdir())
     assert names == sorted([name for name, _ in FILES] + ["manifest.json"])
     for name in names:
         assert (golden / name).read_bytes() == (tmp_path / name).read_bytes(), name
+        assert (golden / name).read_bytes() == (other / name).read_bytes(), name
 
 
 def test_manifest_describes_every_file(golden):
