@@ -160,8 +160,8 @@ def sad_file(rng):
         definition, arrays
 
 
-def lbc_tables_file():
-    """Combination tables and removal schedules."""
+def lbc_tables_file(rng=None):
+    """Combination tables and removal schedules (nothing random)."""
     arrays = []
     for n, m in PATTERNS:
         table = combinations(n, m)
@@ -272,7 +272,7 @@ def lbc_step_file(rng):
 
 
 FILES = (("masks.npz", masks_file), ("ste_srste_grads.npz", grads_file), ("srste_sgd_step.npz", sgd_step_file),
-         ("sad.npz", sad_file), ("lbc_tables.npz", lambda rng: lbc_tables_file()),
+         ("sad.npz", sad_file), ("lbc_tables.npz", lbc_tables_file),
          ("lbc_grads.npz", lbc_grads_file), ("lbc_step.npz", lbc_step_file))
 
 
@@ -299,14 +299,13 @@ def build_golden():
                 "files": {}}
     contents = {}
     for index, (name, build) in enumerate(FILES):
-        description, definition, arrays = build(np.random.default_rng([SEED, index]))
-        arrays = [(key, np.asarray(value)) for key, value, _ in arrays], arrays
-        data = npz_bytes(arrays[0])
-        contents[name] = data
+        description, definition, entries = build(np.random.default_rng([SEED, index]))
+        arrays = [(key, np.asarray(value)) for key, value, _ in entries]
+        contents[name] = data = npz_bytes(arrays)
         manifest["files"][name] = {
             "description": description, "definition": definition, "sha256": hashlib.sha256(data).hexdigest(),
-            "arrays": {key: {"shape": list(np.shape(value)), "dtype": str(np.asarray(value).dtype),
-                             "meaning": meaning} for key, value, meaning in arrays[1]}}
+            "arrays": {key: {"shape": list(array.shape), "dtype": str(array.dtype), "meaning": meaning}
+                       for (key, array), (_, _, meaning) in zip(arrays, entries)}}
     return manifest, contents
 
 
