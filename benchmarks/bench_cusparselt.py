@@ -49,7 +49,7 @@ def parse_args(argv=None):
     p.add_argument("--shapes", default=",".join(SHAPES), help="comma-separated names from: " + ", ".join(SHAPES))
     p.add_argument("--dtypes", default="float16,bfloat16")
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--iters", type=int, default=30, help="timed calls per measurement")
+    p.add_argument("--iters", type=int, default=20, help="timed calls per measurement")
     p.add_argument("--search", type=int, default=1, help="1: cuSPARSELt's algorithm search per plan; 0: default config")
     p.add_argument("--json", default=None, help="write raw results here")
     p.add_argument("--markdown", default=None, help="write the summary table here")
@@ -288,15 +288,20 @@ def main(argv=None):
                          for m, v in r["methods"].items()}
                 print(f"repeat {repeat} {dtype} {shape}: {brief} build {r['build_s']:.2f}s "
                       f"err {max(r['rel_err_vs_first'].values(), default=0):.1e}", flush=True)
+            save(args, env, runs + [run])                   # after every shape: a time-out keeps what was measured
         runs.append(run)
     table = summarize(runs, env)
     print(table)
+    save(args, env, runs)
+
+
+def save(args, env, runs):
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"env": env, "runs": runs}, f, indent=1)
     if args.markdown:
         with open(args.markdown, "w") as f:
-            f.write(table)
+            f.write(summarize(runs, env))
 
 
 if __name__ == "__main__":

@@ -62,9 +62,10 @@ probe)
         --markdown "$OUT/gpu_cusparselt_nosearch.md" 2>&1 | tee "$OUT/bench_cusparselt_nosearch.log"
     ;;
 cslt)
-    run_tests test_cusparselt.log tests/test_cusparselt.py
+    TEST_TIMEOUT=100 run_tests test_cusparselt.log tests/test_cusparselt.py
+    TEST_TIMEOUT=60 run_tests test_cli_gpu.log tests/test_gpu_backend.py -k "cli or resume"
     stamp "bench_cusparselt"
-    timeout 420 python3 benchmarks/bench_cusparselt.py --json "$OUT/gpu_cusparselt.json" \
+    timeout 440 python3 benchmarks/bench_cusparselt.py --json "$OUT/gpu_cusparselt.json" \
         --markdown "$OUT/gpu_cusparselt.md" 2>&1 | tee "$OUT/bench_cusparselt.log"
     ;;
 tests)

@@ -3,8 +3,8 @@
 W (out, in), 2:4 along ``in``, is cuSPARSELt's structured operand A (row-major, opA = N); x (batch, in)
 row-major is B with opB = T; y is written column-major (out, batch) with ld = out, which is y (batch, out)
 row-major in memory: no copies. The weight is checked with the library's prune check; a plan, its algorithm
-search and the weight compressed through it are cached per batch size (identical compressed bytes stored
-once); every call runs on the current CuPy stream.
+search and the weight compressed through it are cached per batch size; every call runs on the current CuPy
+stream.
 
 Needs CuPy, nvmath-python (``nvmath.bindings.cusparseLt``; CuPy's wheels ship no cuSPARSELt module) and
 libcusparseLt (``nvidia-cusparselt-cu13``). Imported lazily: ``import nmref`` never loads it.
@@ -152,9 +152,10 @@ class SparseMatmul:
     int8, float16 or bfloat16 for int8 inputs. search: run cuSPARSELt's algorithm search once per batch size
     (default: on unless the environment sets NMREF_CUSPARSELT_SEARCH=0).
 
-    The weight is compressed through each batch size's plan (cuSPARSELt 0.8.0 on an H200 traps in the
-    algorithm search when the weight was compressed through another plan: benchmarks/results/gpu_notes.md);
-    identical compressed bytes are stored once. batch_sizes=None keeps a reference to ``weight`` and builds a
+    The weight is compressed through each batch size's plan into that plan's own buffer. Seen with cuSPARSELt
+    0.8.0 on an H200 (benchmarks/results/gpu_notes.md): the compressed bytes are the same for every plan, yet
+    the algorithm search traps (illegal instruction) on a plan that did not compress the weight itself, and a
+    plan run on another plan's identical copy gives wrong results. batch_sizes=None keeps a reference to ``weight`` and builds a
     plan at the first call of each new batch size; a tuple builds those plans now and keeps no dense weight,
     and other batch sizes are refused. ``close()`` (or ``with``) frees everything early.
     """
@@ -240,16 +241,13 @@ class SparseMatmul:
             self._report_invalid(weight)
 
     def _compress(self, plan):
-        """W compressed through ``plan``; shares the bytes of an earlier plan's copy when they are identical."""
+        """W compressed through ``plan``, into a buffer that only this plan may use (notes above)."""
         cupy, lt, h = self._cupy, self._lt, self._res.handle
         size, buffer_size = lt.sp_mma_compressed_size(h, plan)
         compressed = cupy.empty(size, dtype=cupy.uint8)
         buffer = cupy.empty(max(buffer_size, 1), dtype=cupy.uint8)
         lt.sp_mma_compress(h, plan, self._weight.data.ptr, compressed.data.ptr, buffer.data.ptr, self._stream_ptr())
         cupy.cuda.get_current_stream().synchronize()
-        for entry in self._plans.values():
-            if entry.compressed.size == size and bool((entry.compressed == compressed).all()):
-                return entry.compressed
         return compressed
 
     def _matmul_desc(self, batch):

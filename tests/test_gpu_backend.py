@@ -301,3 +301,13 @@ def test_train_on_device_then_resume_on_the_other(xp, tmp_path):
     second = train(config, device=other, resume=True, stop_after=None)
     assert second["finished"] and len(second["history"]) == 2
     assert np.isfinite(second["final"]["test_loss"])
+
+
+def test_nmref_train_cli_on_the_gpu(xp, tmp_path):
+    from nmref.cli import main
+    if xp is np:
+        pytest.skip("the CPU CLI is tests/test_train.py's")
+    code = main(["train", "--device", "gpu", "--model", "mlp", "--method", "srste", "--pattern", "2:4", "--epochs", "1",
+                 "--batch-size", "64", "--out", str(tmp_path), "--no-progress"])
+    assert code in (0, None)
+    assert (tmp_path / "checkpoint.npz").is_file() and (tmp_path / "metrics.jsonl").is_file()
