@@ -3,6 +3,7 @@
 ``load(name)`` imports one kernel module on first use; ``bit_keys`` is the shared trick of the mask
 kernels: |w| compared exactly as unsigned integers (the float bits with the sign bit cleared).
 """
+import functools
 import importlib
 
 import numpy as np
@@ -31,6 +32,7 @@ def available(name):
         return False
 
 
+@functools.lru_cache(maxsize=None)
 def key_constants(dtype):
     """(unsigned key dtype, absmask, limit) for a float dtype: key = bits & absmask, key >= limit: inf/NaN."""
     dtype = np.dtype(dtype)

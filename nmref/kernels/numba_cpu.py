@@ -157,6 +157,9 @@ _KERNELS = {  # (kind, parallel, fixed m) -> kernel
 }
 
 
+_FIXED_M = {kernel for (_, _, fixed), kernel in _KERNELS.items() if fixed}
+
+
 def pick_kernel(shape, m, key_dtype=np.uint32):
     """The kernel for keys of ``shape`` (A, K, B): rows when B == 1 (composite keys for 32-bit keys and
     m > 8), strided otherwise; threads for large weights."""
@@ -169,9 +172,27 @@ def pick_kernel(shape, m, key_dtype=np.uint32):
     return _KERNELS[kind, parallel, m in SPECIALIZED_M]
 
 
+_ENTRY_POINTS = {}
+
+
+def _call(kernel, keys, m, n_keep, absmask, limit, mask):
+    """Call ``kernel``; a fixed-m kernel through its compiled entry point for Literal[int](m), since calling
+    a numba.literally dispatcher from Python re-resolves the literal on every call (milliseconds)."""
+    if kernel not in _FIXED_M:
+        return kernel(keys, m, n_keep, absmask, limit, mask)
+    flags = keys.flags, mask.flags                  # C-contiguous by construction; typeof is slow, so key
+    key = (kernel, m, keys.dtype, keys.ndim, flags[0].writeable, flags[0].aligned, flags[1].aligned)
+    entry = _ENTRY_POINTS.get(key)
+    if entry is None:
+        sig = (nb.typeof(keys), nb.types.literal(m), nb.types.int64, nb.typeof(absmask), nb.typeof(limit),
+               nb.typeof(mask))
+        entry = _ENTRY_POINTS[key] = kernel.compile(sig)
+    return entry(keys, m, n_keep, absmask, limit, mask)
+
+
 def run_mask(keys, m, n_keep, absmask, limit, mask):
     """Mask of keys (A, K, B) into mask (A, K, B), groups of m along K; returns the inf/NaN count."""
     kernel = pick_kernel(keys.shape, m, keys.dtype)
     if keys.shape[2] == 1:
         keys, mask = keys.reshape(-1), mask.reshape(-1)
-    return int(kernel(keys, int(m), int(n_keep), absmask, limit, mask))
+    return int(_call(kernel, keys, int(m), int(n_keep), absmask, limit, mask))
