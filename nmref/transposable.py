@@ -5,7 +5,10 @@ dX = dY W). Per block, the best mask is a maximum-weight n-regular bipartite sub
 solved here as a min-cost flow: source -> row i (capacity n), row i -> column j (capacity 1, cost -|w_ij|),
 column j -> sink (capacity n), n*m units by successive shortest paths (Bellman-Ford on the residual graph),
 vectorised over all blocks at once. "greedy" takes entries in descending |w| while their row and column
-have room; blocks where that leaves a row short are then solved exactly.
+have room, then completes blocks left short by best 3-edge swaps (the rare rest solved exactly).
+Measured on a 1024x1024 Gaussian weight (benchmarks/bench_masks.py): greedy keeps 1.1% (2:4), 2.6% (1:4),
+0.8% (4:8), 2.1% (2:8) less |w| than exact, at 10-20x its speed; exact itself keeps 5.7%, 10.3%, 3.3%,
+6.0% less than the plain (row-only) N:M mask.
 """
 from . import masks
 from .backend import array_module
