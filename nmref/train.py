@@ -401,7 +401,7 @@ def train(config=None, **overrides):
         run = load_run(checkpoint, model, optimizer, tracker, config)
     out.mkdir(parents=True, exist_ok=True)
     if not config.resume:
-        for stale in ("metrics.jsonl", "metrics.csv"):
+        for stale in ("checkpoint.npz", "metrics.jsonl", "metrics.csv"):      # --overwrite: the old run goes
             if (out / stale).exists():
                 os.remove(out / stale)
     if run["history"]:
@@ -463,7 +463,7 @@ class Loop:
                 method.before_step()
             logits = model.forward(xb, train=True)                                  # (B, K)
             loss, dlogits = softmax_cross_entropy(logits, yb, config.label_smoothing)
-            model.backward(dlogits)
+            model.backward(dlogits, input_grad=False)                               # no dL/dx for the data
             optimizer.step()
             if self.tracker is not None:
                 self.tracker.step({name: layer.method.mask for name, layer in self.sparse.items()})

@@ -72,19 +72,29 @@ def test_resume_after_a_crash_mid_epoch(tmp_path, monkeypatch):
 
 
 def test_crash_during_save_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
-    result = run(tmp_path, "a", method="ste", epochs=1)
-    before = (tmp_path / "a" / "checkpoint.npz").read_bytes()
+    real_savez, saves = np.savez, []
 
-    def failing_savez(file, **arrays):
-        file.write(b"PK half a zip")
-        raise OSError("disk full")
-    monkeypatch.setattr(np, "savez", failing_savez)
+    def savez_failing_the_second_time(file, **arrays):
+        saves.append(1)
+        if len(saves) == 2:
+            file.write(b"PK half a zip")
+            raise OSError("disk full")
+        real_savez(file, **arrays)
+    monkeypatch.setattr(np, "savez", savez_failing_the_second_time)
     with pytest.raises(OSError, match="disk full"):
-        run(tmp_path, "a", method="ste", epochs=2, overwrite=True)
-    assert (tmp_path / "a" / "checkpoint.npz").read_bytes() == before
-    assert not list((tmp_path / "a").glob("*.tmp"))
+        run(tmp_path, "a", method="ste", epochs=3)
     monkeypatch.undo()
-    read_checkpoint(result["checkpoint"])
+    assert not list((tmp_path / "a").glob("*.tmp"))
+    arrays, meta = read_checkpoint(tmp_path / "a" / "checkpoint.npz")
+    assert meta["epoch"] == 1 and len(meta["history"]) == 1
+    whole = run(tmp_path, "whole", method="ste", epochs=3)
+    assert_same_run(whole, run(tmp_path, "a", method="ste", epochs=3, resume=True))
+
+
+def test_overwrite_starts_afresh(tmp_path):
+    run(tmp_path, "a", epochs=2)
+    again = run(tmp_path, "a", epochs=1, overwrite=True)
+    assert len(read_metrics(again["out"])) == 1 and read_checkpoint(again["checkpoint"])[1]["epoch"] == 1
 
 
 @pytest.mark.parametrize("method", ["dense", "ste", "srste", "fixed", "lbc"])
