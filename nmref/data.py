@@ -5,7 +5,8 @@ channels-first, y int64, x normalised per channel with the training set's mean a
   "mnist1d"  MNIST-1D (Greydanus 2020), generated locally by the ``mnist1d`` package's generator (never its
              download) and cached as .npz under $NMREF_CACHE or ~/.cache/nmref. x (N, 40) is given as
              (N, 1, 40): one channel of length 40, the input of a Conv1d. Default 50000 samples = 40000
-             train + 10000 test; NMREF_FAST=1 gives 2000 + 500.
+             train + 10000 test; NMREF_FAST=1 gives 2000 + 500. ``path``: an .npz with x, y, x_test, y_test
+             (the cache format) instead of generating.
   "mnist"    MNIST from ``path``: a folder with the four IDX files (train-images-idx3-ubyte.gz, ...; .gz or
              not) or an ``mnist.npz`` with x_train, y_train, x_test, y_test. x (N, 1, 28, 28).
   "cifar10"  CIFAR-10 from ``path``: the ``cifar-10-batches-py`` folder (data_batch_1..5, test_batch) or
@@ -64,7 +65,8 @@ def load(name, path=None, fast=None, normalize=True):
     fast = fast_mode() if fast is None else fast
     if name == "mnist1d":
         data = load_mnist1d(fast=fast) if path is None else load_npz(path, keys=("x", "y", "x_test", "y_test"))
-        data = Dataset(data.x_train[:, None, :], data.y_train, data.x_test[:, None, :], data.y_test)
+        if data.x_train.ndim == 2:
+            data = Dataset(data.x_train[:, None, :], data.y_train, data.x_test[:, None, :], data.y_test)
     elif path is None:
         raise ValueError(f"dataset={name!r} needs a path to its files (--data-path); only 'mnist1d' is "
                          "generated locally")

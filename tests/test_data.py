@@ -64,6 +64,17 @@ def test_damaged_cache_is_regenerated(cache):
     np.testing.assert_array_equal(good.x_train, again.x_train)
 
 
+def test_mnist1d_from_a_given_npz(cache, tmp_path):
+    made = data.load_mnist1d(num_samples=200, seed=9)
+    np.savez(tmp_path / "mine.npz", x=made.x_train, y=made.y_train, x_test=made.x_test, y_test=made.y_test)
+    ds = data.load("mnist1d", path=tmp_path / "mine.npz", normalize=False)
+    assert ds.x_train.shape == (160, 1, 40)
+    np.testing.assert_array_equal(ds.x_test[:, 0], made.x_test)
+    np.savez(tmp_path / "bad.npz", x=made.x_train, y=made.y_train)
+    with pytest.raises(data.DataError, match=r"bad.npz: missing arrays \['x_test', 'y_test'\]"):
+        data.load("mnist1d", path=tmp_path / "bad.npz")
+
+
 def test_fast_mode_follows_environment(monkeypatch):
     monkeypatch.setenv("NMREF_FAST", "1")
     assert data.fast_mode() and data.mnist1d_args()["num_samples"] == data.MNIST1D_FAST_SAMPLES
