@@ -106,10 +106,10 @@ T_HEADERS = ["pattern", "exact s", "greedy s", "greedy loss vs exact, % of kept 
 
 
 def gpu_main(size, repeats):
-    import cupy
     from nmref.backend import gpu_available
     if not gpu_available():
         sys.exit("--gpu needs CuPy and a CUDA GPU")
+    import cupy
     name = cupy.cuda.runtime.getDeviceProperties(0)["name"].decode()
     w = np.random.default_rng(0).standard_normal((size, size)).astype(np.float32)
     wd = cupy.asarray(w)

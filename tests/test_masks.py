@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 import nmref
 from nmref.groups import grouped_shape, to_groups
-from nmref.masks import (Pattern, check_nm, compress_nm, decompress_nm, is_nm, nm_mask, nm_mask_reference,
+from nmref.masks import (Pattern, check_nm, compress_nm, decompress_nm, is_nm, nm_mask,
                          nm_report, parse_pattern)
 
 OFFICIAL = pathlib.Path(__file__).parent / "data" / "official"
