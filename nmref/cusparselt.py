@@ -155,9 +155,9 @@ class SparseMatmul:
     The weight is compressed through each batch size's plan into that plan's own buffer. Seen with cuSPARSELt
     0.8.0 on an H200 (benchmarks/results/gpu_notes.md): the compressed bytes are the same for every plan, yet
     the algorithm search traps (illegal instruction) on a plan that did not compress the weight itself, and a
-    plan run on another plan's identical copy gives wrong results. batch_sizes=None keeps a reference to ``weight`` and builds a
-    plan at the first call of each new batch size; a tuple builds those plans now and keeps no dense weight,
-    and other batch sizes are refused. ``close()`` (or ``with``) frees everything early.
+    plan run on another plan's identical copy gives wrong results. batch_sizes=None keeps a reference to
+    ``weight`` and builds a plan at the first call of each new batch size; a tuple builds those plans now and
+    keeps no dense weight, and other batch sizes are refused. ``close()`` (or ``with``) frees everything early.
     """
 
     def __init__(self, weight, bias=None, out_dtype=None, search=None, batch_sizes=None):
@@ -168,6 +168,8 @@ class SparseMatmul:
         check_weight_shape(weight.shape, self.dtype)
         self.out_features, self.in_features = weight.shape
         self.out_dtype = out_dtype_name = self._out_dtype(out_dtype)
+        for batch in batch_sizes or ():
+            check_batch(batch, self.dtype)
         self.search = os.environ.get("NMREF_CUSPARSELT_SEARCH", "1") != "0" if search is None else bool(search)
         self.device_id = weight.device.id
         major = int(cupy.cuda.Device(self.device_id).compute_capability[:-1])
@@ -195,15 +197,16 @@ class SparseMatmul:
         self._prune_check(weight)
         self._weight = weight
         if batch_sizes is not None:
-            for batch in batch_sizes:
-                check_batch(batch, self.dtype)
             for batch in sorted(set(batch_sizes)):
                 self._new_plan(batch)
             self._weight = None
 
     def _out_dtype(self, out_dtype):
         allowed = OUT_DTYPES[self.dtype]
-        name = allowed[0] if out_dtype is None else out_dtype if isinstance(out_dtype, str) else np.dtype(out_dtype).name
+        if out_dtype is None:
+            name = allowed[0]
+        else:
+            name = out_dtype if isinstance(out_dtype, str) else np.dtype(out_dtype).name
         if name not in allowed:
             raise TypeError(f"out_dtype={name} is not available for {self.dtype} inputs; choose one of {allowed}")
         return name

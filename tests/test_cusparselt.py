@@ -146,7 +146,8 @@ def test_matches_dense_on_random_aligned_shapes(cp, dtype):
         op = cslt.SparseMatmul(w)
         y = op(x, out=poisoned(cp, (batch, out_features), dtype))                 # (batch, out)
         assert bool(cp.isfinite(y.astype(cp.float32)).all()), (out_features, in_features, batch)
-        assert rel(cp.asnumpy(y.astype(cp.float32)), reference(cp, x, w)) < TOL[dtype], (out_features, in_features, batch)
+        shape = (out_features, in_features, batch)
+        assert rel(cp.asnumpy(y.astype(cp.float32)), reference(cp, x, w)) < TOL[dtype], shape
         dense = (x @ w.T).astype(cp.float32)
         assert rel(cp.asnumpy(y.astype(cp.float32)), cp.asnumpy(dense)) < 2 * TOL[dtype]
         op.close()
