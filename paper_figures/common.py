@@ -1,5 +1,6 @@
 """What the figures share: the run modes, training-run specs, plotting style, CSV and caption writing."""
 import csv
+import functools
 import math
 import os
 from dataclasses import dataclass
@@ -190,3 +191,43 @@ def band(ax, x, curves, color, label, log=False):
         ax.fill_between(x, curves.min(axis=0), curves.max(axis=0), color=color, alpha=0.2, lw=0)
     if log:
         ax.set_yscale("log")
+
+
+# ---- how strong SR-STE's decay is over a run ------------------------------------------------------------
+# The SR-STE paper's ImageNet recipe (ALGORITHMS.md section 3); 1,281,167 ImageNet-1k training images.
+PAPER_RECIPE = {"n_train": 1281167, "batch_size": 256, "epochs": 120, "warmup_frac": 5 / 120, "lr": 0.1,
+                "momentum": 0.9, "schedule": "cosine"}
+
+
+def lr_sum(n_train, batch_size, epochs, warmup_frac, lr, schedule, **_):
+    """Sum of the learning rate over every step of a run, with nmref.train's schedule."""
+    return lr * _factor_sum(n_train, batch_size, epochs, warmup_frac, schedule)
+
+
+@functools.lru_cache(maxsize=None)
+def _factor_sum(n_train, batch_size, epochs, warmup_frac, schedule):
+    from nmref.train import lr_factor
+    total = epochs * math.ceil(n_train / batch_size)
+    warmup = round(warmup_frac * total)
+    return sum(lr_factor(step, total, warmup, schedule) for step in range(total))
+
+
+def decay_exponent(lam, recipe):
+    """lam * sum_t lr_t / (1 - momentum): SR-STE's term alone shrinks a weight that stays pruned by
+    exp(-this) over the run (momentum's steady-state gain 1 / (1 - mu) included)."""
+    return lam * lr_sum(**recipe) / (1 - recipe["momentum"])
+
+
+def run_recipe(run):
+    return {**run.config, "n_train": run.n_train}
+
+
+def decay_note(run, lam):
+    """One sentence comparing SR-STE's cumulative decay in ``run`` with the paper's ImageNet recipe."""
+    ours, paper = decay_exponent(lam, run_recipe(run)), decay_exponent(lam, PAPER_RECIPE)
+    return (f"How strong is lambda_W = {lam:g} here? Its term alone would shrink a weight that stays pruned by "
+            f"exp(-lambda_W sum_t lr_t / (1 - momentum)) = exp(-{ours:.3g}) = {math.exp(-ours):.3f} over this run "
+            f"({run.config['epochs']} epochs of {math.ceil(run.n_train / run.config['batch_size'])} steps), against "
+            f"exp(-{paper:.3g}) over the paper's ImageNet recipe ({PAPER_RECIPE['epochs']} epochs of "
+            f"{math.ceil(PAPER_RECIPE['n_train'] / PAPER_RECIPE['batch_size'])} steps): at this scale the SR-STE "
+            f"term is about {paper / ours:.0f}x weaker in total.")

@@ -68,7 +68,7 @@ def plot(block, mask, values, positions, n, m, title_note, path, layout):
     limit = float(np.abs(block).max()) or 1.0
     norm = TwoSlopeNorm(0.0, -limit, limit)
     fig, axes = plt.subplots(4, 1, figsize=(9, 8.2), gridspec_kw={"height_ratios": [1, 1, 1, 1]})
-    panels = [(f"(a) dense trained weight W ({block.shape[0]} {row_name}s x {block.shape[1]} inputs)", block, None),
+    panels = [(f"(a) dense trained weight W: {block.shape[0]} rows x {block.shape[1]} inputs", block, None),
               (f"(b) grouped into {m} consecutive inputs; keep the {n} largest |w| per group (pruned: grey)",
                np.where(mask, block, np.nan), mask),
               (f"(c) compressed values: {n} of every {m} kept, {block.shape[1] * n // m} per row", values, None),

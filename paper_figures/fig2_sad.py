@@ -80,7 +80,8 @@ def caption(mode, groups, summary):
         f"{ratio:.2f}). The paper's claim (SR-STE lowers SAD, i.e. a more stable mask, and improves accuracy) "
         f"{verdict}. Final test accuracy: STE {common.pm(*common.mean_std(acc['ste']), scale=100)} %, SR-STE "
         f"{common.pm(*common.mean_std(acc['srste']), scale=100)} %; "
-        f"{common.versus(acc['srste'], acc['ste'], 'SR-STE', 'STE')}.")
+        f"{common.versus(acc['srste'], acc['ste'], 'SR-STE', 'STE')}. "
+        f"{common.decay_note(groups['srste'][0], groups['srste'][0].config['lam'])}")
 
 
 def _pct(values):

@@ -137,3 +137,20 @@ def test_bad_arguments_fail_clearly(tmp_path, capsys):
     with pytest.raises(SystemExit):
         run_all.run(["--only", "fig9_nothing", "--out", str(tmp_path)])
     assert "fig9_nothing" in capsys.readouterr().err
+
+
+def test_nmref_figures_cli_runs_the_package(first_run, tmp_path):
+    from nmref import cli
+    root, _, _ = first_run
+    assert cli.main(["figures", "--only", "fig1_nm_illustration", "--out", str(tmp_path), "--cache",
+                     str(root / "cache"), "--no-progress"]) == 0
+    assert (tmp_path / "fig1_nm_illustration.png").read_bytes()[:8] == PNG_MAGIC
+
+
+def test_nmref_figures_says_clearly_when_the_package_is_missing(monkeypatch, capsys):
+    import sys
+    from nmref import cli
+    monkeypatch.setitem(sys.modules, "paper_figures.run_all", None)         # import fails
+    assert cli.main(["figures"]) == 2
+    err = capsys.readouterr().err
+    assert "paper_figures" in err and "pip install -e" in err
