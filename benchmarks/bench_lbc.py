@@ -6,9 +6,16 @@ MLP (40-256-256-10) and a 1D CNN on MNIST-1D-shaped batches, float32 on the CPU,
 the start of training (k = 0) and in the middle of removal (epoch t_f / 2, k > 0). Target: LBC / SR-STE
 under 1.5x. LBC's forward density is reported beside it (it trains mostly dense until late).
 
-Part 2: the score update alone (mask_from_scores + score_grad + remove_lowest) for 8:16 on a 256x256
-weight (G = 4096 groups, C = 12870 combinations, float32), next to SR-STE's 8:16 magnitude mask of the same
-weight, with the peak memory of the score update (tracemalloc, a separate pass).
+Part 2: the score update alone for 8:16 on a 256x256 weight (G = 4096 groups, C = 12870 combinations,
+float32): mask_from_scores, score_grad, the ranked removal (the first step of an epoch, when k grows) and
+the strict removal with k unchanged (every other step), next to SR-STE's 8:16 magnitude mask of the same
+weight, with the peak memory of one update (tracemalloc, a separate pass); the (G, C) score gradient the
+update returns is itself as large as the scores.
+
+LBC's per-step work scales with G * C (for 4:8, C / M = 8.75 scores per weight, each also carried by the
+optimizer), so on a small MLP, where the matmuls are cheap, LBC's step costs several times SR-STE's; on a
+model with more compute per weight (the 1D CNN) the ratio is near 1. On a shared machine run with
+OMP_NUM_THREADS=1: BLAS threads fighting other jobs for 2 cores make every number meaningless.
 
     python benchmarks/bench_lbc.py             # full table, saved under benchmarks/results/
     python benchmarks/bench_lbc.py --quick     # small repeat counts while developing
@@ -110,13 +117,18 @@ def training_rows(blocks, steps, batch):
     return rows
 
 
-def score_update(alpha, alive, table, g, w, k):
-    mask_from_scores(alpha, alive, table)
-    score_grad(g, w, alive, table)
-    remove_lowest(alpha, alive, k)
+def timed(fn, repeats):
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e3
 
 
 def score_update_row(repeats):
+    """8:16 on 256x256: each part of LBC's score update, SR-STE's mask of the same weight, and the peak memory
+    of a whole update (mask + score gradient + ranked removal) over the (G, C) scores it works on."""
     n, m = 8, 16
     rng = np.random.default_rng(0)
     table = combinations(n, m)
@@ -127,23 +139,25 @@ def score_update_row(repeats):
     alpha = rng.uniform(0.5, 1.5, (g_count, c)).astype(np.float32)
     alive = np.ones((g_count, c), bool)
     g, w = rng.standard_normal((2, g_count, m)).astype(np.float32)
-    lbc_times, srste_times = [], []
-    for _ in range(repeats):
-        a, al = alpha.copy(), alive.copy()
-        start = time.perf_counter()
-        score_update(a, al, table, g, w, k)
-        lbc_times.append(time.perf_counter() - start)
-        start = time.perf_counter()
-        nm_mask(weight, n, m)
-        srste_times.append(time.perf_counter() - start)
+    out = np.empty_like(alpha)
+    settled_alpha, settled_alive = alpha.copy(), alive.copy()
+    remove_lowest(settled_alpha, settled_alive, k)
+    t_mask = timed(lambda: mask_from_scores(settled_alpha, settled_alive, table), repeats)
+    t_grad = timed(lambda: score_grad(g, w, settled_alive, table, out=out), repeats)
+    t_rank = timed(lambda: remove_lowest(alpha.copy(), alive.copy(), k), repeats)
+    t_copy = timed(lambda: (alpha.copy(), alive.copy()), repeats)
+    t_steady = timed(lambda: np.logical_and(settled_alive, settled_alpha != 0, out=settled_alive), repeats)
+    t_srste = timed(lambda: nm_mask(weight, n, m), repeats)
     a, al = alpha.copy(), alive.copy()
     tracemalloc.start()
-    score_update(a, al, table, g, w, k)
+    mask_from_scores(a, al, table)
+    score_grad(g, w, al, table)
+    remove_lowest(a, al, k)
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
-    t_lbc, t_srste = statistics.median(lbc_times), statistics.median(srste_times)
-    scores_mb = alpha.nbytes / 2**20
-    return ("8:16 256x256", g_count, c, k, t_lbc * 1e3, t_srste * 1e3, t_lbc / t_srste, scores_mb, peak / 2**20)
+    step = t_mask + t_grad + t_steady
+    return ("8:16 256x256", g_count, c, k, t_mask, t_grad, t_rank - t_copy, t_steady, step, t_srste,
+            step / t_srste, alpha.nbytes / 2**20, peak / 2**20)
 
 
 def fmt(v):
@@ -171,8 +185,9 @@ def main(argv=None):
     print(" | ".join(header1))
     rows1 = training_rows(blocks, steps, args.batch)
     row2 = score_update_row(repeats)
-    header2 = ["case", "G", "C", "k", "LBC score update ms", "SR-STE mask ms", "ratio", "scores MB (G, C) f32",
-               "peak MB (tracemalloc)"]
+    header2 = ["case", "G", "C", "k", "mask ms", "score grad ms", "ranked removal ms (once per epoch)",
+               "strict removal, k unchanged ms", "LBC update per step ms", "SR-STE mask ms", "ratio",
+               "scores MB (G, C) f32", "peak MB of one update (tracemalloc)"]
     text = (f"# bench_lbc\n\n{machine}; {stamp}; numpy {np.__version__}; batch {args.batch}; "
             f"{'QUICK (development) run' if args.quick else f'{blocks} blocks x {steps} steps, median'}\n\n"
             "## Training step, LBC vs SR-STE (float32, CPU; target LBC / SR-STE < 1.5)\n\n"

@@ -35,7 +35,7 @@ from .sparsity import Method, masked_grad
 
 MODES = ("strict", "faithful")
 MAX_COMBINATIONS = 1 << 20
-CHUNK_ELEMENTS = 1 << 22
+CHUNK_ELEMENTS = 1 << 18
 
 
 @lru_cache(maxsize=None)
@@ -236,35 +236,44 @@ def check_mode(mode):
                          "'faithful': the public code, removed scores keep their momentum)")
 
 
-def remove_lowest(alpha, alive, k, mode="strict", chunk=None):
+def remove_lowest(alpha, alive, k, mode="strict", momentum=None, chunk=None):
     """Remove the k lowest signed scores per group in place: alpha[removed] = 0, alive[removed] = False.
 
     Dead combinations rank first (the public code subtracts 1000 from zero scores before its top-k): in
-    "strict" mode dead = not alive or score exactly 0 (``alive`` holds the flags, removed stay dead); in
-    "faithful" mode dead = score exactly 0, ``alive`` is first reset to alpha != 0, so a removed score that
-    momentum moved off 0 is alive again and ranked by its value. Ties: the lower combination index is
-    removed first. Dead scores beyond the k chosen stay 0 (the public code would leave them at -1000, a case
-    its schedule never reaches). Returns the removed (G, C) bool; the caller clears their momentum in
-    strict mode.
+    "strict" mode dead = not alive or score exactly 0 (``alive`` holds the flags, removed stay dead, and
+    ``momentum``, the scores' optimizer buffer when given, is cleared for them); in "faithful" mode
+    dead = score exactly 0, ``alive`` is first reset to alpha != 0, so a removed score that momentum moved
+    off 0 is alive again and ranked by its value, and momentum is left alone. Ties: the lower combination
+    index is removed first. Dead scores beyond the k chosen stay 0 (the public code would leave them at
+    -1000, a case its schedule never reaches). Removed scores become +0.0. Returns the removed (G, C) bool.
     """
     check_mode(mode)
     xp = array_module(alpha)
     if alive.shape != alpha.shape or alive.dtype != bool:
         raise ValueError(f"alive must be a boolean array of alpha's shape {tuple(alpha.shape)}")
+    if momentum is not None and momentum.shape != alpha.shape:
+        raise ValueError(f"momentum {tuple(momentum.shape)} must have alpha's shape {tuple(alpha.shape)}")
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 0 <= k <= alpha.shape[1] - 1:
         raise ValueError(f"k={k!r} must be an int in [0, C - 1 = {alpha.shape[1] - 1}]: at least one "
                          "combination per group must survive")
     if not bool(xp.isfinite(alpha).all()):
         raise ValueError("LBC scores contain NaN or inf; lower the learning rate of the 'scores' group")
-    if mode == "faithful":
-        alive[...] = alpha != 0
-    else:
-        alive &= alpha != 0
-    removed = lowest(alpha, alive, int(k), chunk)                                # (G, C)
-    kept = ~removed                                                              # (G, C)
-    alpha *= kept                                                                # branch-free zeroing
-    alpha += 0.0                                                                 # -0.0 -> +0.0, others exact
-    alive &= kept
+    removed = xp.empty(alpha.shape, dtype=bool)                                  # (G, C)
+    rows = _chunk_rows(alpha.shape[1], chunk)
+    for s in range(0, alpha.shape[0], rows):
+        a, live = alpha[s:s + rows], alive[s:s + rows]                          # (B, C) views
+        if mode == "faithful":
+            xp.not_equal(a, 0, out=live)
+        else:
+            live &= a != 0
+        chosen = lowest(a, live, int(k))                                         # (B, C)
+        removed[s:s + rows] = chosen
+        kept = ~chosen                                                           # (B, C)
+        a *= kept                                                                # branch-free zeroing
+        a += 0.0                                                                 # -0.0 -> +0.0, others exact
+        live &= kept
+        if momentum is not None and mode == "strict":
+            momentum[s:s + rows] *= kept
     return removed
 
 
@@ -304,6 +313,7 @@ class LBC(Method):
         self.alive = xp.ones((n_groups, self.c), dtype=bool)                     # (G, C)
         self._table = xp.asarray(self.table).astype(w.dtype)                     # (C, M)
         self._frozen_scores = None
+        self._removed_k = None
         return self
 
     def _groups(self, w):
@@ -362,7 +372,11 @@ class LBC(Method):
         return momentum if momentum is not None and momentum.shape == self.scores.value.shape else None
 
     def before_step(self):
-        """Remove the k lowest scores per group; at k = C - 1 freeze the scores (one combination left)."""
+        """Remove the k lowest scores per group; at k = C - 1 freeze the scores (one combination left).
+
+        Strict mode with k unchanged since the last removal skips the ranking: every group already has at
+        least k dead combinations, which rank first, and dead ones stay dead, so the removal would change
+        nothing."""
         self._require_bound()
         if self.frozen:
             self.scores.value[...] = self._frozen_scores
@@ -370,10 +384,11 @@ class LBC(Method):
             if momentum is not None:
                 momentum[...] = 0
             return
-        removed = remove_lowest(self.scores.value, self.alive, self.k, self.removal)   # (G, C)
-        momentum = self._momentum()
-        if self.removal == "strict" and momentum is not None:
-            momentum[removed] = 0
+        if self.removal == "strict" and self.k == self._removed_k:
+            self.alive &= self.scores.value != 0                                 # the k lowest are dead already
+        else:
+            remove_lowest(self.scores.value, self.alive, self.k, self.removal, self._momentum())
+            self._removed_k = self.k
         if self.k == self.c - 1:
             self.freeze()
 
@@ -426,6 +441,7 @@ class LBC(Method):
         epoch = state["epoch"]
         self.epoch = epoch.item() if hasattr(epoch, "item") else epoch
         self._frozen_scores = self.scores.value.copy() if self.frozen else None
+        self._removed_k = None
 
     def __repr__(self):
         return f"LBC({self.n}, {self.m}, removal={self.removal!r})"
