@@ -3,8 +3,16 @@ traps leaves the CUDA context unusable). Raw nvmath bindings, independent of nmr
 
     python benchmarks/gpu_probe_cusparselt.py [--json FILE] [--only round2|a,b,...]   # all variants
     python benchmarks/gpu_probe_cusparselt.py VARIANT            # one, in this process
+    python benchmarks/gpu_probe_cusparselt.py --layouts [--jsonl FILE] [--budget S] [--dtypes float16,...]
+
+Round 3 (--layouts): for y = x @ W.T with W 4096x4096, every operand arrangement cuSPARSELt accepts without a
+copy (W as structured A or B, each operand's descriptor row- or column-major), per batch size: the library's
+search, and a sweep over every config id, then split-K x split-K mode on the 12 fastest; CUDA-event medians
+with the L2 flushed before every call, against CuPy dense timed the same way; nmref's SparseMatmul per layout last. One process per
+(dtype, arrangement), restarted past a configuration that kills the CUDA context.
 """
 import json
+import os
 import subprocess
 import sys
 import time
@@ -194,6 +202,14 @@ def run(name):
 
 
 def main():
+    if "--layouts-child" in sys.argv:
+        i = sys.argv.index("--layouts-child")
+        dtype, layout, log, deadline = sys.argv[i + 1:i + 5]
+        r3_child(dtype, layout, log, float(deadline))
+        return
+    if "--layouts" in sys.argv:
+        r3_main(sys.argv)
+        return
     if len(sys.argv) > 1 and sys.argv[1] in VARIANTS:
         print("RESULT", run(sys.argv[1]), flush=True)
         return
@@ -217,6 +233,342 @@ def main():
     if "--json" in sys.argv:
         with open(sys.argv[sys.argv.index("--json") + 1], "w") as f:
             json.dump(results, f, indent=1)
+
+
+# ---------------------------------------------------------------- round 3: arrangements, split-K
+LAYOUTS = {      # name: (operand holding W, W's descriptor order, x's descriptor order); y (M, N) row-major always
+    "wA_wrow_xrow": ("A", "row", "row"),      # rounds 1-2: D = W x^T, column-major (N, M)
+    "wA_wrow_xcol": ("A", "row", "col"),
+    "wA_wcol_xrow": ("A", "col", "row"),
+    "wA_wcol_xcol": ("A", "col", "col"),
+    "wB_wrow_xrow": ("B", "row", "row"),      # D = x W^T, row-major (M, N)
+    "wB_wrow_xcol": ("B", "row", "col"),
+    "wB_wcol_xrow": ("B", "col", "row"),
+    "wB_wcol_xcol": ("B", "col", "col"),
+}
+SPLITS = ((None, None), (2, 1), (2, 2), (4, 1), (4, 2), (8, 1), (8, 2), (16, 1), (16, 2), (None, 6), (None, 3))
+R3_BATCHES = (16, 64, 256, 1024, 4096)
+R3_SWEEP = (16, 256, 4096)
+R3_K = R3_N = 4096
+_ROW, _COL = 2, 1
+
+
+def r3_matmul_desc(lt, h, layout, m, ct_in, ct_out, compute):
+    """Matmul descriptor for y (m, N) = x (m, K) @ W.T in arrangement ``layout``; (desc, W is operand A)."""
+    side, w_order, x_order = LAYOUTS[layout]
+    k, n = R3_K, R3_N
+    w = (lt.structured_descriptor_init(h, n, k, k, 16, ct_in, _ROW, 0) if w_order == "row"
+         else lt.structured_descriptor_init(h, k, n, k, 16, ct_in, _COL, 0))              # W (N, K) row = (K, N) col
+    x = (lt.dense_descriptor_init(h, m, k, k, 16, ct_in, _ROW) if x_order == "row"
+         else lt.dense_descriptor_init(h, k, m, k, 16, ct_in, _COL))                      # x (M, K) row = (K, M) col
+    if side == "A":                   # D = op(W) op(x): (N, M) column-major
+        d = lt.dense_descriptor_init(h, n, m, n, 16, ct_out, _COL)
+        op_w, op_x = (0 if w_order == "row" else 1), (1 if x_order == "row" else 0)
+        return lt.matmul_descriptor_init(h, op_w, op_x, w, x, d, d, compute), True
+    d = lt.dense_descriptor_init(h, m, n, n, 16, ct_out, _ROW)     # D = op(x) op(W): (M, N) row-major
+    op_x, op_w = (0 if x_order == "row" else 1), (1 if w_order == "row" else 0)
+    return lt.matmul_descriptor_init(h, op_x, op_w, x, w, d, d, compute), False
+
+
+def r3_child(dtype, layout, log_path, deadline):
+    """Every item of one (dtype, layout) not yet in log_path; exit code 3 once the CUDA context is dead."""
+    import statistics
+    import cupy as cp
+    from nvmath.bindings import cusparseLt as lt
+    done = set()
+    try:
+        with open(log_path) as f:
+            recs = [json.loads(line) for line in f if line.strip()]
+        done = {(r["m"], r["key"]) for r in recs if (r.get("dtype"), r.get("layout")) == (dtype, layout)}
+    except FileNotFoundError:
+        pass
+    log = open(log_path, "a")
+
+    def write(rec):
+        log.write(json.dumps(dict(rec, dtype=dtype, layout=layout)) + "\n")
+        log.flush()
+
+    npd = np.float16
+    if dtype == "bfloat16":
+        import ml_dtypes
+        npd = ml_dtypes.bfloat16
+    ct = {"float16": 2, "bfloat16": 14}[dtype]
+    attr = lt.MatmulAlgAttribute
+    h = lt.init()
+    flush = cp.empty(256 << 20, cp.uint8)                       # 4x the H200's L2
+    alpha, beta = np.ones(1, np.float32), np.zeros(1, np.float32)
+    streams = np.zeros(1, np.uint64)                            # the legacy default stream, as CuPy uses
+    rng = cp.random.default_rng(0)
+    w32 = rng.standard_normal((R3_N, R3_K // 4, 4), dtype=cp.float32)
+    rank = cp.argsort(cp.argsort(cp.abs(w32), axis=2), axis=2)
+    w = (w32 * (rank >= 2)).reshape(R3_N, R3_K).astype(npd)      # (N, K) 2:4 along K
+
+    def cold(fn, iters):
+        fn()
+        starts = [cp.cuda.Event() for _ in range(iters)]
+        ends = [cp.cuda.Event() for _ in range(iters)]
+        for i in range(iters):
+            flush.fill(i & 255)
+            starts[i].record()
+            fn()
+            ends[i].record()
+        ends[-1].synchronize()
+        return statistics.median(cp.cuda.get_elapsed_time(s, e) for s, e in zip(starts, ends)) * 1e3
+
+    def alive():
+        try:
+            cp.cuda.runtime.deviceSynchronize()
+            return float(cp.ones(4).sum()) == 4.0
+        except Exception:
+            return False
+
+    def item(m, key, fn):
+        if (m, key) in done:
+            return
+        if time.time() > deadline:
+            if (m, "deadline") not in done:
+                write({"m": m, "key": "deadline", "skipped": f"deadline reached at {key}"})
+                done.add((m, "deadline"))
+            return
+        write({"m": m, "key": key, "start": True})
+        try:
+            rec = fn()
+        except Exception as exc:
+            rec = {"error": f"{type(exc).__name__}: {exc}"[:300]}
+        write(dict(rec, m=m, key=key))
+        if "error" in rec and not alive():
+            sys.exit(3)
+
+    def get_attr(sel, a):
+        v = np.full(1, -1, np.int32)
+        try:
+            lt.matmul_alg_get_attribute(h, sel, a, v.ctypes.data, 4)
+        except Exception:
+            pass
+        return int(v[0])
+
+    def set_attr(sel, a, value):
+        v = np.array([value], np.int32)
+        lt.matmul_alg_set_attribute(h, sel, a, v.ctypes.data, 4)
+
+    for m_phase in ("search", "sweep"):
+        for m in (R3_BATCHES if m_phase == "search" else R3_SWEEP):
+            x = rng.standard_normal((m, R3_K), dtype=cp.float32).astype(npd)             # (M, K)
+            ref = x.astype(cp.float32) @ w.astype(cp.float32).T                          # (M, N)
+            y = cp.empty((m, R3_N), dtype=npd)                                           # (M, N)
+            if m_phase == "sweep" and time.time() > deadline:
+                break
+            try:
+                mm, w_is_a = r3_matmul_desc(lt, h, layout, m, ct, ct, 2)
+                valid = cp.zeros(1, cp.int32)
+                lt.sp_mma_prune_check(h, mm, w.data.ptr, valid.data.ptr, 0)
+                refused = int(valid.get()[0]) != 0
+            except Exception as exc:
+                item(m, "describe", lambda: {"error": f"{type(exc).__name__}: {exc}"[:300]})
+                continue
+            if refused:
+                item(m, "prune_check", lambda: {"error": "prune check refused the 2:4 weight in this arrangement"})
+                continue
+            a_ptr, b_ptr = (None, x.data.ptr) if w_is_a else (x.data.ptr, None)
+
+            def build(cfg=None, split=None, mode=None, search=False, search_iters=None):
+                sel = lt.matmul_alg_selection_init(h, mm, 0)
+                for a, v in ((attr.CONFIG_ID, cfg), (attr.SPLIT_K, split), (attr.SPLIT_K_MODE, mode),
+                             (attr.SEARCH_ITERATIONS, search_iters)):
+                    if v is not None:
+                        set_attr(sel, a, v)
+                plan = lt.matmul_plan_init(h, mm, sel)
+                size, bsize = lt.sp_mma_compressed_size(h, plan)
+                wc, buf = cp.empty(size, cp.uint8), cp.empty(max(bsize, 1), cp.uint8)
+                lt.sp_mma_compress(h, plan, w.data.ptr, wc.data.ptr, buf.data.ptr, 0)
+                ws = cp.empty(max(lt.matmul_get_workspace(h, plan), 1), cp.uint8)
+                pa, pb = (wc.data.ptr, b_ptr) if w_is_a else (a_ptr, wc.data.ptr)
+
+                def call():
+                    lt.matmul(h, plan, alpha.ctypes.data, pa, pb, beta.ctypes.data, y.data.ptr, y.data.ptr,
+                              ws.data.ptr, streams.ctypes.data, 1)
+                if search:
+                    lt.matmul_search(h, plan, alpha.ctypes.data, pa, pb, beta.ctypes.data, y.data.ptr, y.data.ptr,
+                                     ws.data.ptr, streams.ctypes.data, 1)
+                    ws = cp.empty(max(lt.matmul_get_workspace(h, plan), 1), cp.uint8)
+                info = {"cfg": get_attr(sel, attr.CONFIG_ID), "split_k": get_attr(sel, attr.SPLIT_K),
+                        "mode": get_attr(sel, attr.SPLIT_K_MODE), "max_id": get_attr(sel, attr.CONFIG_MAX_ID),
+                        "ws": int(ws.size)}
+                return call, info, (plan, sel, wc, ws, buf)
+
+            def measure(iters, **kw):
+                call, info, keep = build(**kw)
+                y.fill(np.nan)
+                call()
+                err = float(cp.linalg.norm(y.astype(cp.float32) - ref) / cp.linalg.norm(ref))
+                info.update(rel=err, us=cold(call, iters))
+                lt.matmul_plan_destroy(keep[0])
+                lt.matmul_alg_selection_destroy(keep[1])
+                return info
+
+            if m_phase == "search":
+                if layout == "wA_wrow_xrow":
+                    yd = cp.empty((m, R3_N), dtype=npd)
+                    item(m, "dense", lambda: {"us": cold(lambda: cp.matmul(x, w.T, out=yd), 30)})
+                item(m, "search", lambda: measure(30, search=True))
+                if m <= 256:
+                    item(m, "search_it20", lambda: measure(30, search=True, search_iters=20))
+                continue
+            def swept():
+                with open(log_path) as f:
+                    recs = [json.loads(line) for line in f]
+                return sorted((r for r in recs if (r.get("dtype"), r.get("layout"), r.get("m")) == (dtype, layout, m)
+                               and r.get("key", "").startswith("c") and "us" in r and r["rel"] < 5e-2),
+                              key=lambda r: r["us"])
+
+            max_id = build()[1]["max_id"]
+            for cfg in range(max_id):                       # every config, no split-K; then split-K on the best 12
+                item(m, f"c{cfg}_sNone_mNone", lambda: measure(7, cfg=cfg))
+            best_configs = [int(r["key"].split("_")[0][1:]) for r in swept()][:12]
+            for cfg in best_configs:
+                for split, mode in SPLITS[1:]:
+                    item(m, f"c{cfg}_s{split}_m{mode}", lambda: measure(7, cfg=cfg, split=split, mode=mode))
+            for r in swept()[:3]:
+                cfg, split, mode = (None if v[1:] == "None" else int(v[1:]) for v in r["key"].split("_"))
+                item(m, "top_" + r["key"], lambda: measure(30, cfg=cfg, split=split, mode=mode))
+    log.close()
+
+
+def r3_nmref_child(dtype, log_path):
+    """nmref's SparseMatmul per layout and CuPy dense, timed like the raw items (after the raw ones)."""
+    import statistics
+    import cupy as cp
+    from nmref import cusparselt as cslt
+    npd = cslt.np_dtype(dtype)
+    flush = cp.empty(256 << 20, cp.uint8)
+    rng = cp.random.default_rng(1)
+    w32 = rng.standard_normal((R3_N, R3_K // 4, 4), dtype=cp.float32)
+    rank = cp.argsort(cp.argsort(cp.abs(w32), axis=2), axis=2)
+    w = (w32 * (rank >= 2)).reshape(R3_N, R3_K).astype(npd)
+    log = open(log_path, "a")
+
+    def cold(fn, iters=30):
+        fn()
+        starts = [cp.cuda.Event() for _ in range(iters)]
+        ends = [cp.cuda.Event() for _ in range(iters)]
+        for i in range(iters):
+            flush.fill(i & 255)
+            starts[i].record()
+            fn()
+            ends[i].record()
+        ends[-1].synchronize()
+        return statistics.median(cp.cuda.get_elapsed_time(s, e) for s, e in zip(starts, ends)) * 1e3
+
+    layouts = list(getattr(cslt, "LAYOUTS", ())) + (["auto"] if hasattr(cslt, "LAYOUTS") else [None])
+    for m in R3_BATCHES:
+        x = rng.standard_normal((m, R3_K), dtype=cp.float32).astype(npd)
+        ref = x.astype(cp.float32) @ w.astype(cp.float32).T
+        rec = {"dtype": dtype, "layout": "nmref", "m": m, "key": "dense", "us": cold(lambda: cp.matmul(x, w.T))}
+        log.write(json.dumps(rec) + "\n")
+        for layout in layouts:
+            rec = {"dtype": dtype, "layout": "nmref", "m": m, "key": f"nmref_{layout}"}
+            try:
+                op = cslt.SparseMatmul(w) if layout is None else cslt.SparseMatmul(w, layout=layout)
+                y = op(x)
+                rec["rel"] = float(cp.linalg.norm(y.astype(cp.float32) - ref) / cp.linalg.norm(ref))
+                rec["us"] = cold(lambda: op(x, out=y))
+                rec["chosen"] = getattr(op, "layout_for", lambda b: None)(m)
+                op.close()
+            except Exception as exc:
+                rec["error"] = f"{type(exc).__name__}: {exc}"[:300]
+            log.write(json.dumps(rec) + "\n")
+            log.flush()
+    log.close()
+
+
+def r3_main(argv):
+    """Run every (dtype, layout) child with restarts, then nmref's, then print the summary."""
+    opt = lambda name, default: argv[argv.index(name) + 1] if name in argv else default
+    log_path = opt("--jsonl", "/tmp/probe_layouts.jsonl")
+    budget = float(opt("--budget", "300"))
+    dtypes = opt("--dtypes", "float16,bfloat16").split(",")
+    t_end = time.time() + budget
+    jobs = [(d, lay) for d in dtypes for lay in LAYOUTS]
+    for i, (dtype, layout) in enumerate(jobs):
+        nmref_reserve = 15 * len(dtypes)
+        deadline = time.time() + max(5.0, (t_end - nmref_reserve - time.time()) / (len(jobs) - i))
+        for attempt in range(8):
+            try:
+                cmd = [sys.executable, __file__, "--layouts-child", dtype, layout, log_path, str(deadline)]
+                p = subprocess.run(cmd, capture_output=True, text=True, timeout=max(30, deadline - time.time() + 60))
+            except subprocess.TimeoutExpired as exc:
+                p = subprocess.CompletedProcess(exc.cmd, -9, "", "timeout")
+            crashed = _r3_mark_crashed(log_path, dtype, layout)
+            elapsed = time.time() - t_end + budget
+            print(f"{dtype} {layout}: exit {p.returncode}, crashed items {crashed}, {elapsed:.0f}s", flush=True)
+            if p.returncode == 0:
+                break
+            if not crashed and p.returncode != 3:
+                print((p.stdout + p.stderr)[-1500:], flush=True)
+                break
+    for dtype in dtypes:
+        code = (f"import sys; sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r}); "
+                f"import gpu_probe_cusparselt as g; g.r3_nmref_child({dtype!r}, {log_path!r})")
+        try:
+            p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=100)
+            print(f"nmref {dtype}: exit {p.returncode} {(p.stdout + p.stderr)[-800:]}", flush=True)
+        except subprocess.TimeoutExpired:
+            print(f"nmref {dtype}: timed out", flush=True)
+    print(r3_summary(log_path))
+
+
+def _r3_mark_crashed(log_path, dtype, layout):
+    """Items that started and never finished (the process died in them): recorded as crashed, skipped next."""
+    with open(log_path) as f:
+        recs = [json.loads(line) for line in f if line.strip()]
+    mine = [r for r in recs if r.get("dtype") == dtype and r.get("layout") == layout]
+    finished = {(r["m"], r["key"]) for r in mine if "start" not in r}
+    crashed = [(r["m"], r["key"]) for r in mine if "start" in r and (r["m"], r["key"]) not in finished]
+    with open(log_path, "a") as f:
+        for m, key in crashed:
+            f.write(json.dumps({"dtype": dtype, "layout": layout, "m": m, "key": key, "error": "process died"}) + "\n")
+    return crashed
+
+
+def r3_summary(log_path):
+    """Markdown: per dtype and batch, dense vs each arrangement's searched and best swept time."""
+    with open(log_path) as f:
+        recs = [json.loads(line) for line in f if line.strip()]
+    recs = [r for r in recs if "start" not in r]
+    lines = ["| dtype | M | layout | dense us | search us (cfg, split-K, mode) | best swept us (key) | dense/best |"
+             " items ok/err |", "| --- | ---: | --- | ---: | --- | --- | ---: | --- |"]
+    for dtype in sorted({r["dtype"] for r in recs}):
+        for m in R3_BATCHES:
+            mine = [r for r in recs if r["dtype"] == dtype and r["m"] == m]
+            dense = [r["us"] for r in mine if r["key"] == "dense" and "us" in r]
+            d = min(dense) if dense else float("nan")
+            for layout in LAYOUTS:
+                rs = [r for r in mine if r["layout"] == layout and r["key"] != "dense"]
+                if not rs:
+                    continue
+                ok = [r for r in rs if "us" in r and r.get("rel", 1) < 2e-2]
+                s = next((r for r in ok if r["key"] == "search"), None)
+                s_txt = f"{s['us']:.1f} ({s['cfg']}, {s['split_k']}, {s['mode']})" if s else "-"
+                best = min(ok, key=lambda r: r["us"], default=None)
+                b_txt = f"{best['us']:.1f} ({best['key']})" if best else "-"
+                ratio = f"{d / best['us']:.2f}x" if best else "-"
+                errors = sorted({r.get("error", r.get("skipped", ""))[:60] for r in rs if "us" not in r})
+                lines.append(f"| {dtype} | {m} | {layout} | {d:.1f} | {s_txt} | {b_txt} | {ratio} | "
+                             f"{len(ok)}/{len(rs) - len(ok)} {'; '.join(errors)[:150]} |")
+    lines += ["", "nmref.cusparselt.SparseMatmul per layout (search on), timed the same way:", "",
+              "| dtype | M | dense us | " + " | ".join(LAYOUTS) + " | auto (chosen) |",
+              "| --- | ---: | ---: |" + " ---: |" * (len(LAYOUTS) + 1)]
+    for dtype in sorted({r["dtype"] for r in recs}):
+        for m in R3_BATCHES:
+            mine = {r["key"]: r for r in recs if r["dtype"] == dtype and r["m"] == m and r["layout"] == "nmref"}
+            if not mine:
+                continue
+            cell = lambda r: "-" if r is None else (f"{r['us']:.1f}" if "us" in r else "err")
+            auto = mine.get("nmref_auto")
+            lines.append(f"| {dtype} | {m} | {cell(mine.get('dense'))} | "
+                         + " | ".join(cell(mine.get(f"nmref_{lay}")) for lay in LAYOUTS)
+                         + f" | {cell(auto)} ({auto.get('chosen') if auto else '-'}) |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

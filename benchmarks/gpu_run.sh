@@ -4,6 +4,9 @@
 #   bash benchmarks/gpu_run.sh cslt     cuSPARSELt tests + the cuSPARSELt benchmark
 #   bash benchmarks/gpu_run.sh full     every test file on both backends + both GPU benchmarks
 #   bash benchmarks/gpu_run.sh tests    every test file only
+#   bash benchmarks/gpu_run.sh round2   every -m gpu test, bench_masks --gpu, the layout / split-K probe (round 3)
+#   bash benchmarks/gpu_run.sh notebook NN   execute notebooks/NN_*.ipynb in full mode (wheels in .whl/nb)
+# At most 8 files come back from $OUT: the round2 and notebook stages keep to that.
 set -u
 STAGE=${1:-cslt}
 OUT=${OUT:-/tmp/nmref_out}
@@ -12,7 +15,9 @@ export PYTHONUNBUFFERED=1 NMREF_FAST=1 PYTHONDONTWRITEBYTECODE=1
 T0=$(date +%s)
 stamp() { echo "== $(( $(date +%s) - T0 ))s: $*"; }
 
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+WHEELS=(.whl/*.whl)
+[ "$STAGE" = notebook ] && WHEELS+=(.whl/nb/*.whl)
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "${WHEELS[@]}" || exit 1
 export PYTHONPATH=/tmp/site:$PWD
 if ! python3 -c "import nvmath.bindings.cusparseLt" 2>/dev/null; then
     stamp "nvmath does not import with the image's cuda-core / cuda-pathfinder; adding the carried ones"
@@ -82,7 +87,24 @@ full)
     stamp "bench_gpu_train_step"
     timeout 60 python3 benchmarks/bench_gpu_train_step.py --markdown "$OUT/gpu_train_step.md" 2>&1 | tee "$OUT/bench_train.log"
     ;;
+round2)
+    TEST_TIMEOUT=150 run_tests tests_cusparselt.log tests/test_cusparselt.py          # own process: a trap is sticky
+    TEST_TIMEOUT=200 run_tests tests_gpu.log -m gpu tests --ignore=tests/test_cusparselt.py
+    stamp "bench_masks --gpu"
+    timeout 90 python3 benchmarks/bench_masks.py --gpu 2>&1 | tee "$OUT/masks_gpu.log"
+    cp benchmarks/results/masks_gpu_*.md "$OUT/gpu_masks.md"
+    stamp "layout / split-K probe"
+    timeout 360 python3 benchmarks/gpu_probe_cusparselt.py --layouts --budget "${PROBE_BUDGET:-240}" \
+        --jsonl "$OUT/probe_layouts.jsonl" 2>&1 | tee "$OUT/probe_layouts.log"
+    ;;
+notebook)
+    NB=${2:?notebook prefix, e.g. 06}
+    python3 -c "import nbclient, ipykernel, zmq; print('nbclient', nbclient.__version__, 'ipykernel', ipykernel.__version__)"
+    stamp "execute notebooks/${NB}_* (NMREF_FAST=0)"
+    NMREF_FAST=0 timeout "${NB_TIMEOUT:-420}" python3 notebooks/_build.py "$NB" 2>&1 | tee "$OUT/notebook.log"
+    cp notebooks/${NB}_*.ipynb "$OUT/"
+    ;;
 *)
-    echo "unknown stage $STAGE (cslt | tests | full)"; exit 2 ;;
+    echo "unknown stage $STAGE (cslt | tests | full | round2 | notebook)"; exit 2 ;;
 esac
 stamp "done"

@@ -1,10 +1,12 @@
 """2:4 sparse matmul on the GPU through cuSPARSELt: y = x @ W.T (+ bias) (ALGORITHMS.md section 6).
 
-W (out, in), 2:4 along ``in``, is cuSPARSELt's structured operand A (row-major, opA = N); x (batch, in)
-row-major is B with opB = T; y is written column-major (out, batch) with ld = out, which is y (batch, out)
-row-major in memory: no copies. The weight is checked with the library's prune check; a plan, its algorithm
-search and the weight compressed through it are cached per batch size; every call runs on the current CuPy
-stream.
+W (out, in) is 2:4 along ``in``; x (batch, in) and y (batch, out) are row-major CuPy arrays, read and written in
+place (no copies). cuSPARSELt computes D = op(A) op(B); a *layout* says how these arrays are described to it:
+``wA_*``: W is the structured A and D = W x^T is y seen column-major (out, batch); ``wB_*``: x is A, W the
+structured B and D = x W^T is y row-major. ``_wrow``/``_wcol``: W described as row-major (out, in) or as
+column-major (in, out), with the matching op; ``_xrow``/``_xcol`` likewise for x. The weight is checked with the
+library's prune check; a plan, its algorithm search and the weight compressed through it are cached per batch
+size; every call runs on the current CuPy stream.
 
 Needs CuPy, nvmath-python (``nvmath.bindings.cusparseLt``; CuPy's wheels ship no cuSPARSELt module) and
 libcusparseLt (``nvidia-cusparselt-cu13``). Imported lazily: ``import nmref`` never loads it.
@@ -26,6 +28,13 @@ _COMPUTE_32I, _COMPUTE_32F = 0, 2                                  # cusparseCom
 _SPARSITY_50 = 0
 _BIAS_POINTER = 8                                                  # CUSPARSELT_MATMUL_BIAS_POINTER
 _ALG_DEFAULT = 0
+LAYOUTS = {      # name: (operand that holds W, W's descriptor order, x's descriptor order)
+    "wA_wrow_xrow": ("A", "row", "row"), "wA_wrow_xcol": ("A", "row", "col"),
+    "wA_wcol_xrow": ("A", "col", "row"), "wA_wcol_xcol": ("A", "col", "col"),
+    "wB_wrow_xrow": ("B", "row", "row"), "wB_wrow_xcol": ("B", "row", "col"),
+    "wB_wcol_xrow": ("B", "col", "row"), "wB_wcol_xcol": ("B", "col", "col"),
+}
+DEFAULT_LAYOUTS = ("wA_wrow_xrow",)          # candidates when layout=None; several: the fastest per batch size
 
 
 def _bindings():
@@ -109,38 +118,61 @@ def _first_bad_group(weight):
     return flat // (in_features // 4), 4 * (flat % (in_features // 4)), int(nonzero.ravel()[flat])
 
 
+class _Plan:
+    """One batch size's plan in one layout, with the native objects and buffers that only it uses."""
+    __slots__ = ("layout", "w_is_a", "descs", "matmul_desc", "alg_sel", "plan", "workspace", "workspace_ptr",
+                 "compressed", "compressed_ptr")
+
+    def __init__(self, layout):
+        self.layout, self.w_is_a = layout, LAYOUTS[layout][0] == "A"
+        self.descs, self.matmul_desc, self.alg_sel, self.plan = [], None, None, None
+        self.workspace = self.workspace_ptr = self.compressed = self.compressed_ptr = None
+
+    def destroy(self, lt):
+        steps = [(lt.matmul_plan_destroy, self.plan), (lt.matmul_alg_selection_destroy, self.alg_sel),
+                 (lt.matmul_descriptor_destroy, self.matmul_desc)]
+        steps += [(lt.mat_descriptor_destroy, d) for d in self.descs]
+        for destroy, obj in steps:
+            if obj is not None:
+                try:
+                    destroy(obj)
+                except Exception:
+                    pass           # at interpreter exit the CUDA context may already be gone
+        self.plan = self.alg_sel = self.matmul_desc = None
+        self.descs, self.workspace, self.compressed = [], None, None
+
+
 class _Resources:
     """The native objects of one SparseMatmul, released in reverse order; safe to release twice."""
 
     def __init__(self, lt):
         self.lt = lt
         self.handle = None
-        self.mat_descs, self.matmul_descs, self.alg_sels, self.plans = [], [], [], []
-        self.buffers = []          # CuPy device memory that must outlive the plans
+        self.weight_descs = {}     # W's descriptor order -> structured descriptor
+        self.plans = []            # every live _Plan
         self.released = False
+
+    def drop(self, entry):
+        entry.destroy(self.lt)
+        self.plans = [p for p in self.plans if p is not entry]
 
     def release(self):
         if self.released:
             return
         self.released = True
-        lt = self.lt
-        steps = ([(lt.matmul_plan_destroy, p) for p in self.plans]
-                 + [(lt.matmul_alg_selection_destroy, a) for a in self.alg_sels]
-                 + [(lt.matmul_descriptor_destroy, m) for m in self.matmul_descs]
-                 + [(lt.mat_descriptor_destroy, d) for d in self.mat_descs])
-        if self.handle is not None:
-            steps.append((lt.destroy, self.handle))
-        for destroy, obj in steps:
+        for entry in reversed(self.plans):
+            entry.destroy(self.lt)
+        for desc in self.weight_descs.values():
             try:
-                destroy(obj)
+                self.lt.mat_descriptor_destroy(desc)
             except Exception:
-                pass               # at interpreter exit the CUDA context may already be gone
-        self.plans, self.alg_sels, self.matmul_descs, self.mat_descs = [], [], [], []
-        self.handle, self.buffers = None, []
-
-
-class _Plan:
-    __slots__ = ("plan", "workspace", "workspace_ptr", "compressed", "compressed_ptr")
+                pass
+        if self.handle is not None:
+            try:
+                self.lt.destroy(self.handle)
+            except Exception:
+                pass
+        self.plans, self.weight_descs, self.handle = [], {}, None
 
 
 class SparseMatmul:
@@ -150,17 +182,21 @@ class SparseMatmul:
     in every group of 4 along ``in``. bias: (out,) or None; it is cast to the output dtype (float32 for int8
     inputs, cuSPARSELt's bias type there). out_dtype: the input dtype for float16/bfloat16; int32 (default),
     int8, float16 or bfloat16 for int8 inputs. search: run cuSPARSELt's algorithm search once per batch size
-    (default: on unless the environment sets NMREF_CUSPARSELT_SEARCH=0).
+    (default: on unless the environment sets NMREF_CUSPARSELT_SEARCH=0). layout: a name from LAYOUTS, a tuple
+    of names, or "auto" (all of them); None = DEFAULT_LAYOUTS. With several candidates and the search on, each
+    batch size gets a plan in every candidate, each searched and timed (L2 flushed, CUDA events) on the first
+    call's operands, and keeps the fastest; with the search off, the first candidate. The bias rides in
+    cuSPARSELt's epilogue, which adds it along D's rows, so a bias limits the candidates to ``wA_*`` layouts.
 
-    The weight is compressed through each batch size's plan into that plan's own buffer. Seen with cuSPARSELt
-    0.8.0 on an H200 (benchmarks/results/gpu_notes.md): the compressed bytes are the same for every plan, yet
-    the algorithm search traps (illegal instruction) on a plan that did not compress the weight itself, and a
-    plan run on another plan's identical copy gives wrong results. batch_sizes=None keeps a reference to
-    ``weight`` and builds a plan at the first call of each new batch size; a tuple builds those plans now and
-    keeps no dense weight, and other batch sizes are refused. ``close()`` (or ``with``) frees everything early.
+    The weight is compressed through each plan into that plan's own buffer. Seen with cuSPARSELt 0.8.0 on an
+    H200 (benchmarks/results/gpu_notes.md): the compressed bytes are the same for every plan, yet the algorithm
+    search traps (illegal instruction) on a plan that did not compress the weight itself, and a plan run on
+    another plan's identical copy gives wrong results. batch_sizes=None keeps a reference to ``weight`` and
+    builds a plan at the first call of each new batch size; a tuple builds those plans now and keeps no dense
+    weight, and other batch sizes are refused. ``close()`` (or ``with``) frees everything early.
     """
 
-    def __init__(self, weight, bias=None, out_dtype=None, search=None, batch_sizes=None):
+    def __init__(self, weight, bias=None, out_dtype=None, search=None, batch_sizes=None, layout=None):
         cupy, lt = _bindings()
         self._cupy, self._lt = cupy, lt
         _check_operand(weight, "weight", cupy)
@@ -170,6 +206,7 @@ class SparseMatmul:
         self.out_dtype = out_dtype_name = self._out_dtype(out_dtype)
         for batch in batch_sizes or ():
             check_batch(batch, self.dtype)
+        self.layouts = _candidate_layouts(layout, bias is not None)
         self.search = os.environ.get("NMREF_CUSPARSELT_SEARCH", "1") != "0" if search is None else bool(search)
         self.device_id = weight.device.id
         major = int(cupy.cuda.Device(self.device_id).compute_capability[:-1])
@@ -190,12 +227,8 @@ class SparseMatmul:
             self.close()
             raise RuntimeError(f"cuSPARSELt did not start ({type(exc).__name__}: {exc}); it needs libcusparseLt.so.0 "
                                "(pip install nvidia-cusparselt-cu13) and a working CUDA driver") from exc
-        self._weight_desc = lt.structured_descriptor_init(self._res.handle, self.out_features, self.in_features,
-                                                          self.in_features, ALIGNMENT, _CUDA_DTYPE[self.dtype],
-                                                          _ORDER_ROW, _SPARSITY_50)
-        self._res.mat_descs.append(self._weight_desc)
-        self._prune_check(weight)
         self._weight = weight
+        self._prune_check(weight)
         if batch_sizes is not None:
             for batch in sorted(set(batch_sizes)):
                 self._new_plan(batch)
@@ -222,11 +255,6 @@ class SparseMatmul:
     def _stream_ptr(self):
         return self._cupy.cuda.get_current_stream().ptr
 
-    def _dense_desc(self, rows, cols, ld, dtype, order):
-        desc = self._lt.dense_descriptor_init(self._res.handle, rows, cols, ld, ALIGNMENT, _CUDA_DTYPE[dtype], order)
-        self._res.mat_descs.append(desc)
-        return desc
-
     def _report_invalid(self, weight):
         bad = _first_bad_group(weight)
         where = "" if bad is None else (f": row {bad[0]}, columns {bad[1]}..{bad[1] + 3} hold {bad[2]} non-zeros")
@@ -235,13 +263,53 @@ class SparseMatmul:
                          "mask it first, e.g. w * nmref.nm_mask(w, 2, 4) (at most 2 non-zeros in every 4)")
 
     def _prune_check(self, weight):
-        """cuSPARSELt's own check that W is 2:4 along in_features (it writes 1 to ``valid`` only on failure)."""
+        """cuSPARSELt's own check that W is 2:4 along in_features, in every candidate layout (it writes 1 to
+        ``invalid`` only on failure)."""
         cupy, lt, h = self._cupy, self._lt, self._res.handle
-        matmul_desc = self._matmul_desc(4 * DENSE_MULTIPLE[self.dtype])
-        valid = cupy.zeros(1, dtype=cupy.int32)
-        lt.sp_mma_prune_check(h, matmul_desc, weight.data.ptr, valid.data.ptr, self._stream_ptr())
-        if int(valid.get()[0]) != 0:
+        invalid = cupy.zeros(len(self.layouts), dtype=cupy.int32)
+        for i, layout in enumerate(self.layouts):
+            entry = self._describe(4 * DENSE_MULTIPLE[self.dtype], layout)
+            lt.sp_mma_prune_check(h, entry.matmul_desc, weight.data.ptr, invalid[i:].data.ptr, self._stream_ptr())
+            self._res.drop(entry)
+        if bool(invalid.any()):
             self._report_invalid(weight)
+
+    def _weight_desc(self, order):
+        descs = self._res.weight_descs
+        if order not in descs:
+            n, k = self.out_features, self.in_features
+            rows, cols, order_id = (n, k, _ORDER_ROW) if order == "row" else (k, n, _ORDER_COL)  # (N, K) = (K, N) col
+            descs[order] = self._lt.structured_descriptor_init(self._res.handle, rows, cols, k, ALIGNMENT,
+                                                               _CUDA_DTYPE[self.dtype], order_id, _SPARSITY_50)
+        return descs[order]
+
+    def _dense_desc(self, entry, rows, cols, ld, dtype, order):
+        desc = self._lt.dense_descriptor_init(self._res.handle, rows, cols, ld, ALIGNMENT, _CUDA_DTYPE[dtype], order)
+        entry.descs.append(desc)
+        return desc
+
+    def _describe(self, batch, layout):
+        """A _Plan holding the matmul descriptor of y (batch, out) = x @ W.T in ``layout`` (no plan yet)."""
+        lt, h = self._lt, self._res.handle
+        entry = _Plan(layout)
+        self._res.plans.append(entry)
+        _, w_order, x_order = LAYOUTS[layout]
+        m, k, n = batch, self.in_features, self.out_features
+        w_desc = self._weight_desc(w_order)
+        x_desc = (self._dense_desc(entry, m, k, k, self.dtype, _ORDER_ROW) if x_order == "row"
+                  else self._dense_desc(entry, k, m, k, self.dtype, _ORDER_COL))            # x (M, K) = (K, M) col
+        compute = _COMPUTE_32I if self.dtype == "int8" else _COMPUTE_32F
+        if entry.w_is_a:                                                                    # D = W x^T: (N, M) col
+            y_desc = self._dense_desc(entry, n, m, n, self.out_dtype, _ORDER_COL)
+            op_w, op_x = (_OP_N if w_order == "row" else _OP_T), (_OP_T if x_order == "row" else _OP_N)
+            entry.matmul_desc = lt.matmul_descriptor_init(h, op_w, op_x, w_desc, x_desc, y_desc, y_desc, compute)
+        else:                                                                               # D = x W^T: (M, N) row
+            y_desc = self._dense_desc(entry, m, n, n, self.out_dtype, _ORDER_ROW)
+            op_x, op_w = (_OP_N if x_order == "row" else _OP_T), (_OP_T if w_order == "row" else _OP_N)
+            entry.matmul_desc = lt.matmul_descriptor_init(h, op_x, op_w, x_desc, w_desc, y_desc, y_desc, compute)
+        if self.bias is not None:
+            lt.matmul_desc_set_attribute(h, entry.matmul_desc, _BIAS_POINTER, self._bias_ptr.ctypes.data, 8)
+        return entry
 
     def _compress(self, plan):
         """W compressed through ``plan``, into a buffer that only this plan may use (notes above)."""
@@ -253,31 +321,10 @@ class SparseMatmul:
         cupy.cuda.get_current_stream().synchronize()
         return compressed
 
-    def _matmul_desc(self, batch):
-        lt, h = self._lt, self._res.handle
-        x_desc = self._dense_desc(batch, self.in_features, self.in_features, self.dtype, _ORDER_ROW)
-        y_desc = self._dense_desc(self.out_features, batch, self.out_features, self.out_dtype, _ORDER_COL)
-        compute = _COMPUTE_32I if self.dtype == "int8" else _COMPUTE_32F
-        matmul_desc = lt.matmul_descriptor_init(h, _OP_N, _OP_T, self._weight_desc, x_desc, y_desc, y_desc, compute)
-        self._res.matmul_descs.append(matmul_desc)
-        if self.bias is not None:
-            lt.matmul_desc_set_attribute(h, matmul_desc, _BIAS_POINTER, self._bias_ptr.ctypes.data, 8)
-        return matmul_desc
-
-    def _matmul_plan(self, batch):
-        lt, h = self._lt, self._res.handle
-        matmul_desc = self._matmul_desc(batch)
-        alg_sel = lt.matmul_alg_selection_init(h, matmul_desc, _ALG_DEFAULT)
-        self._res.alg_sels.append(alg_sel)
-        plan = lt.matmul_plan_init(h, matmul_desc, alg_sel)
-        self._res.plans.append(plan)
-        return matmul_desc, plan
-
     def _workspace(self, entry):
         size = self._lt.matmul_get_workspace(self._res.handle, entry.plan)
         if entry.workspace is None or entry.workspace.size < size:
             entry.workspace = self._cupy.empty(max(size, 1), dtype=self._cupy.uint8)
-            self._res.buffers.append(entry.workspace)
             entry.workspace_ptr = entry.workspace.data.ptr
 
     def _scratch(self, shape, dtype):
@@ -286,24 +333,61 @@ class SparseMatmul:
         values = cupy.random.default_rng(0).standard_normal(shape, dtype=cupy.float32)
         return cupy.rint(values * 8).astype(np_dtype(dtype)) if dtype == "int8" else values.astype(np_dtype(dtype))
 
-    def _new_plan(self, batch, x=None, y=None):
-        entry = _Plan()
-        _, entry.plan = self._matmul_plan(batch)
+    def _planned(self, batch, layout, x, y):
+        """A searched (if on) plan for ``batch`` in ``layout``, with the weight compressed through it."""
+        lt, h = self._lt, self._res.handle
+        entry = self._describe(batch, layout)
+        entry.alg_sel = lt.matmul_alg_selection_init(h, entry.matmul_desc, _ALG_DEFAULT)
+        entry.plan = lt.matmul_plan_init(h, entry.matmul_desc, entry.alg_sel)
         entry.compressed = self._compress(entry.plan)
         entry.compressed_ptr = entry.compressed.data.ptr
-        entry.workspace = None
         self._workspace(entry)
         if self.search:
-            x = self._scratch((batch, self.in_features), self.dtype) if x is None else x
-            y = self._cupy.empty((batch, self.out_features), dtype=self._out_np_dtype) if y is None else y
-            streams = self._stream_array()
-            self._lt.matmul_search(self._res.handle, entry.plan, self._alpha.ctypes.data, entry.compressed_ptr,
-                                   x.data.ptr, self._beta.ctypes.data, y.data.ptr, y.data.ptr, entry.workspace_ptr,
-                                   streams.ctypes.data, 1)
+            a, b = self._operands(entry, x)
+            lt.matmul_search(h, entry.plan, self._alpha.ctypes.data, a, b, self._beta.ctypes.data, y.data.ptr,
+                             y.data.ptr, entry.workspace_ptr, self._stream_array().ctypes.data, 1)
             self._workspace(entry)
-        self._res.buffers.append(entry.compressed)
-        self._plans[batch] = entry
         return entry
+
+    def _new_plan(self, batch, x=None, y=None):
+        x = self._scratch((batch, self.in_features), self.dtype) if x is None else x
+        y = self._cupy.empty((batch, self.out_features), dtype=self._out_np_dtype) if y is None else y
+        candidates = self.layouts if self.search else self.layouts[:1]
+        entries = [self._planned(batch, layout, x, y) for layout in candidates]
+        if len(entries) > 1:
+            times = [self._time(entry, x, y) for entry in entries]
+            best = entries[int(np.argmin(times))]
+            for entry in entries:
+                if entry is not best:
+                    self._res.drop(entry)
+            entries = [best]
+        self._plans[batch] = entries[0]
+        return entries[0]
+
+    def _time(self, entry, x, y, repeats=5):
+        """Median GPU time of one call (ms), the L2 flushed before each (the weight comes from memory)."""
+        cupy = self._cupy
+        stream = cupy.cuda.get_current_stream()
+        flush = cupy.cuda.memory.Memory(2 * _l2_bytes(cupy, self.device_id))   # raw cudaMalloc, not the pool
+        self._run(entry, x, y)
+        start, end, times = cupy.cuda.Event(), cupy.cuda.Event(), []
+        for _ in range(repeats):
+            cupy.cuda.runtime.memsetAsync(flush.ptr, 0, flush.size, stream.ptr)
+            start.record(stream)
+            self._run(entry, x, y)
+            end.record(stream)
+            end.synchronize()
+            times.append(cupy.cuda.get_elapsed_time(start, end))
+        return float(np.median(times))
+
+    def _operands(self, entry, x):
+        """(A, B) device pointers: (compressed W, x) when W is A, else (x, compressed W)."""
+        return (entry.compressed_ptr, x.data.ptr) if entry.w_is_a else (x.data.ptr, entry.compressed_ptr)
+
+    def _run(self, entry, x, out):
+        a, b = self._operands(entry, x)
+        self._lt.matmul(self._res.handle, entry.plan, self._alpha.ctypes.data, a, b, self._beta.ctypes.data,
+                        out.data.ptr, out.data.ptr, entry.workspace_ptr, self._stream_array().ctypes.data, 1)
 
     def _stream_array(self):
         stream = self._cupy.cuda.get_current_stream().ptr
@@ -316,6 +400,11 @@ class SparseMatmul:
     def batch_sizes(self):
         """Batch sizes with a cached plan."""
         return sorted(self._plans)
+
+    def layout_for(self, batch):
+        """The layout of the cached plan for ``batch`` (None if there is none yet)."""
+        entry = self._plans.get(batch)
+        return None if entry is None else entry.layout
 
     def __call__(self, x, out=None):
         """y (batch, out) = x (batch, in) @ W.T (+ bias), on the current CuPy stream."""
@@ -344,10 +433,7 @@ class SparseMatmul:
                                  f"got {out.shape} {dtype_name(out)}")
         if entry is None:
             entry = self._new_plan(batch, x, out)
-        streams = self._stream_array()
-        self._lt.matmul(self._res.handle, entry.plan, self._alpha.ctypes.data, entry.compressed_ptr,
-                        x.data.ptr, self._beta.ctypes.data, out.data.ptr, out.data.ptr, entry.workspace_ptr,
-                        streams.ctypes.data, 1)
+        self._run(entry, x, out)
         return out
 
     matmul = __call__
@@ -368,6 +454,32 @@ class SparseMatmul:
         state = "closed" if self._res.released else f"plans for batch {self.batch_sizes}"
         return (f"SparseMatmul(({self.out_features}, {self.in_features}) {self.dtype} 2:4 -> {self.out_dtype}, "
                 f"bias={self.bias is not None}, {state})")
+
+
+def _l2_bytes(cupy, device_id):
+    try:
+        return int(cupy.cuda.Device(device_id).attributes["L2CacheSize"])
+    except Exception:
+        return 64 << 20
+
+
+def _candidate_layouts(layout, has_bias):
+    """The layouts to try, as a tuple of LAYOUTS names, checked (a bias needs W as operand A)."""
+    if layout is None:
+        names = DEFAULT_LAYOUTS
+    elif layout == "auto":
+        names = tuple(LAYOUTS)
+    else:
+        names = (layout,) if isinstance(layout, str) else tuple(layout)
+    unknown = [name for name in names if name not in LAYOUTS]
+    if unknown or not names:
+        raise ValueError(f"layout {layout!r} is not known; use None, 'auto', or names from {tuple(LAYOUTS)}")
+    if has_bias:
+        names = tuple(name for name in names if LAYOUTS[name][0] == "A")
+        if not names:
+            raise ValueError(f"layout {layout!r} puts W in operand B, where cuSPARSELt's epilogue would add the bias "
+                             "along the batch; use a 'wA_*' layout with a bias, or add the bias yourself")
+    return names
 
 
 class SparseLinear:

@@ -67,6 +67,20 @@ def test_first_bad_group_finds_the_offending_group():
     assert cslt._first_bad_group(w) == (2, 8, 3)
 
 
+def test_layout_candidates():
+    assert cslt._candidate_layouts(None, False) == cslt.DEFAULT_LAYOUTS
+    assert cslt._candidate_layouts("auto", False) == tuple(cslt.LAYOUTS)
+    assert cslt._candidate_layouts("wB_wrow_xrow", False) == ("wB_wrow_xrow",)
+    with_bias = cslt._candidate_layouts("auto", True)
+    assert with_bias and all(name.startswith("wA_") for name in with_bias)
+    with pytest.raises(ValueError, match="operand B, where .* bias"):
+        cslt._candidate_layouts(("wB_wrow_xrow", "wB_wcol_xcol"), True)
+    with pytest.raises(ValueError, match="'wX' is not known"):
+        cslt._candidate_layouts("wX", False)
+    with pytest.raises(ValueError, match="not known"):
+        cslt._candidate_layouts((), False)
+
+
 def test_missing_cupy_is_a_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "cupy", None)
     with pytest.raises(RuntimeError, match="needs CuPy"):
@@ -151,6 +165,63 @@ def test_matches_dense_on_random_aligned_shapes(cp, dtype):
         dense = (x @ w.T).astype(cp.float32)
         assert rel(cp.asnumpy(y.astype(cp.float32)), cp.asnumpy(dense)) < 2 * TOL[dtype]
         op.close()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("layout", list(cslt.LAYOUTS))
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_every_layout_matches_dense(cp, dtype, layout):
+    rng = np.random.default_rng(20)
+    for out_features, in_features, batches in [(16, 16, (8,)), (48, 96, (8, 40)), (256, 512, (16, 256))]:
+        w = to_gpu(cp, weight_24(rng, out_features, in_features), dtype)          # (out, in)
+        with cslt.SparseMatmul(w, layout=layout) as op:
+            for batch in batches:
+                x = to_gpu(cp, rng.standard_normal((batch, in_features)), dtype)  # (batch, in)
+                y = op(x, out=poisoned(cp, (batch, out_features), dtype))         # (batch, out)
+                assert op.layout_for(batch) == layout
+                assert bool(cp.isfinite(y.astype(cp.float32)).all())
+                err = rel(cp.asnumpy(y.astype(cp.float32)), reference(cp, x, w))
+                assert err < TOL[dtype], (layout, out_features, in_features, batch, err)
+
+
+@pytest.mark.gpu
+def test_auto_layout_keeps_one_plan_per_batch_size(cp):
+    rng = np.random.default_rng(21)
+    w = to_gpu(cp, weight_24(rng, 128, 256), "float16")
+    with cslt.SparseMatmul(w, layout="auto", search=True) as op:
+        for batch in (16, 64, 16):
+            x = to_gpu(cp, rng.standard_normal((batch, 256)), "float16")
+            y = op(x, out=poisoned(cp, (batch, 128), "float16"))
+            assert rel(cp.asnumpy(y), reference(cp, x, w)) < 1e-3
+        assert op.batch_sizes == [16, 64] and op.layout_for(16) in cslt.LAYOUTS
+        assert len(op._res.plans) == 2                                           # the other candidates released
+    with cslt.SparseMatmul(w, layout=("wB_wcol_xrow", "wA_wrow_xrow"), search=False) as op:
+        op(to_gpu(cp, rng.standard_normal((8, 256)), "float16"))
+        assert op.layout_for(8) == "wB_wcol_xrow" and op.layout_for(16) is None
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("layout", [name for name in cslt.LAYOUTS if name.startswith("wA_")])
+def test_bias_in_every_w_a_layout(cp, layout):
+    rng = np.random.default_rng(22)
+    w = to_gpu(cp, weight_24(rng, 64, 128), "float16")
+    bias = cp.asarray(rng.standard_normal(64).astype(np.float32))
+    x = to_gpu(cp, rng.standard_normal((24, 128)), "float16")
+    with cslt.SparseMatmul(w, bias, layout=layout) as op:
+        y = op(x, out=poisoned(cp, (24, 64), "float16"))
+        assert rel(cp.asnumpy(y), reference(cp, x, w, bias.astype(cp.float16))) < 1e-3
+    with pytest.raises(ValueError, match="operand B"):
+        cslt.SparseMatmul(w, bias, layout="wB_wrow_xrow")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("layout", list(cslt.LAYOUTS))
+def test_prune_check_refuses_a_3_of_4_weight_in_every_layout(cp, layout):
+    rng = np.random.default_rng(23)
+    w = weight_24(rng, 32, 64)
+    w[7, 40:44] = [0.0, 1.5, 1.5, 1.5]                                           # row 7, group 40..43: 3 non-zeros
+    with pytest.raises(ValueError, match=r"not 2:4 .* row 7, columns 40\.\.43 hold 3"):
+        cslt.SparseMatmul(to_gpu(cp, w, "float16"), layout=layout)
 
 
 @pytest.mark.gpu
