@@ -22,6 +22,7 @@ OMP_NUM_THREADS=1: BLAS threads fighting other jobs for 2 cores make every numbe
 """
 import argparse
 import datetime
+import os
 import platform
 import statistics
 import time
@@ -177,7 +178,10 @@ def main(argv=None):
     p.add_argument("--out", default=None, help="markdown file (default benchmarks/results/bench_lbc_<date>.md)")
     args = p.parse_args(argv)
     blocks, steps, repeats = (2, 3, 2) if args.quick else (7, 10, 7)
-    machine = f"{platform.node()} {platform.machine()} {platform.processor() or ''} python {platform.python_version()}"
+    threads = os.environ.get("OMP_NUM_THREADS", "unset")
+    machine = (f"{platform.node()} {platform.machine()} {platform.processor() or ''} python "
+               f"{platform.python_version()}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at "
+               f"start, OMP_NUM_THREADS={threads}")
     stamp = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
     print(f"bench_lbc on {machine}, {stamp}, numpy {np.__version__}, quick={args.quick}")
     header1 = ["model", "pattern", "SR-STE ms/step", "LBC k=0 ms/step", "LBC mid ms/step", "LBC k=0 / SR-STE",
