@@ -1,8 +1,9 @@
 """Do LBC's scores rank combinations by their effect on the loss? (Zhang et al. 2022's claim; ALGORITHMS.md
 section 5.) A measurement, not a CI test.
 
-An MLP (40-256-256-10, both hidden layers LBC 2:4 or 4:8, strict removal) is trained on MNIST-1D up to
-just before the last removal (the end of epoch t_f - 1, when most groups have two alive combinations).
+nmref.train's MLP (40-256-256-10, both hidden layers LBC 2:4 or 4:8, strict removal, t_f = half the run) is
+trained on MNIST-1D up to just before the last removal (the end of epoch t_f - 1, when most groups have two
+alive combinations), then restored from its checkpoint.
 For sampled groups with at least two alive combinations, the loss on a fixed training subset is measured
 with that group's mask set to its best-scored alive combination alone, then to its worst-scored one, every
 other group unchanged. Reported: the fraction of groups where the best-scored combination gives the lower
@@ -18,49 +19,32 @@ import datetime
 import json
 import math
 import platform
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-from nmref.data import batches, load, num_batches
+from nmref.data import load
 from nmref.groups import to_groups
-from nmref.layers import Flatten, Linear, ReLU, Sequential
-from nmref.lbc import LBC
 from nmref.losses import softmax_cross_entropy
-from nmref.optim import SGD, param_groups, warmup_cosine
+from nmref.train import TrainConfig, load_run, make_optimizer, model_for, train
 
 RESULTS = Path(__file__).parent / "results"
 
 
-def build(n, m, t_f, seed):
-    rng = np.random.default_rng(seed)
-    method = lambda: LBC(n, m, t_f=t_f)                                           # noqa: E731
-    return Sequential(Flatten(), Linear(40, 256, method=method, rng=rng), ReLU(),
-                      Linear(256, 256, method=method, rng=rng), ReLU(), Linear(256, 10, rng=rng))
-
-
-def train_until_last_removal(model, data, epochs, t_f, seed, batch_size=128, lr=0.1):
-    """Recipe of the public code, scaled down: SGD momentum 0.9, weight decay 5e-5 (1e-4 on the scores),
-    warm-up + cosine per iteration, label smoothing 0.1; stops after epoch ceil(t_f) - 1."""
-    groups = param_groups(model.params(), {"scores": {"weight_decay": 1e-4}})
-    optimizer = SGD(groups, lr=lr, momentum=0.9, weight_decay=5e-5)
-    sparse = list(model.sparse_layers().values())
-    steps_per_epoch = num_batches(len(data.x_train), batch_size)
-    total, warmup = epochs * steps_per_epoch, steps_per_epoch
-    rng, step = np.random.default_rng(seed + 1), 0
-    for epoch in range(math.ceil(t_f)):
-        for layer in sparse:
-            layer.method.on_epoch(epoch, epochs)
-        for x, y in batches(data.x_train, data.y_train, batch_size, rng=rng):
-            optimizer.set_lr_scale(warmup_cosine(step, total, warmup))
-            for layer in sparse:
-                layer.method.before_step()
-            _, dlogits = softmax_cross_entropy(model.forward(x), y, label_smoothing=0.1)
-            model.backward(dlogits)
-            optimizer.step()
-            step += 1
-    return sparse
+def train_until_last_removal(n, m, seed, epochs, folder):
+    """nmref.train's recipe (SGD momentum 0.9, weight decay 5e-5, 1e-4 on the scores, warm-up + cosine,
+    label smoothing 0.1) for the first ceil(t_f) epochs of an ``epochs`` run; the model restored from its
+    checkpoint, i.e. after epoch ceil(t_f) - 1, before the last removal."""
+    config = TrainConfig(dataset="mnist1d", model="mlp", method="lbc", pattern=f"{n}:{m}", epochs=epochs,
+                         label_smoothing=0.1, seed=seed, out=str(folder), progress=False, overwrite=True,
+                         stop_after=math.ceil(epochs / 2)).resolved()
+    result = train(config)
+    data = load(config.dataset)
+    model = model_for(config, data.x_train.shape[1:])
+    load_run(result["checkpoint"], model, make_optimizer(model, config), None, config)
+    return model, data
 
 
 def loss_of(model, x, y):
@@ -106,12 +90,12 @@ def measure(layer, model, x, y, groups_per_layer, rng):
 
 
 def run(n, m, seed, epochs, groups_per_layer, eval_samples):
-    data = load("mnist1d")
     t_f = epochs / 2
-    model = build(n, m, t_f, seed)
     start = time.perf_counter()
-    sparse = train_until_last_removal(model, data, epochs, t_f, seed)
+    with tempfile.TemporaryDirectory() as folder:
+        model, data = train_until_last_removal(n, m, seed, epochs, Path(folder) / "run")
     train_s = time.perf_counter() - start
+    sparse = list(model.sparse_layers().values())
     x, y = data.x_train[:eval_samples], data.y_train[:eval_samples]
     base_loss = loss_of(model, x, y)
     rng = np.random.default_rng(seed + 2)
@@ -178,7 +162,7 @@ def write_report(results, path, eval_samples, note):
         pooled.append(f"| {pattern} | {len(rs)} | {trials} | {wins / trials:.3f} | {low:.3f}-{high:.3f} | "
                       f"{control:.3f} |")
     text = (f"# LBC claim: best-scored vs worst-scored alive combination\n\n{machine}; {stamp}; "
-            f"MNIST-1D MLP 40-256-256-10 (LBC strict on both hidden layers), {epochs} epochs planned, "
+            f"MNIST-1D MLP 40-256-256-10 (nmref.train, LBC strict on both hidden layers), {epochs} epochs planned, "
             f"t_f = {epochs / 2}, measured after epoch {math.ceil(epochs / 2) - 1}; loss on {eval_samples} "
             f"training samples; {note}\n\n" + "\n".join(lines) + "\n\nPooled over seeds:\n\n"
             + "\n".join(pooled) + "\n")
