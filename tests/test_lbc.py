@@ -348,6 +348,21 @@ def test_faithful_scores_drift_strict_never(removal):
     assert (sum(drifted) > 0) == (removal == "faithful")
 
 
+def test_strict_skip_of_unchanged_k_matches_full_removal():
+    """Strict mode skips the ranking while k is unchanged; ranking at every step gives the same run."""
+    class AlwaysRank(LBC):
+        def before_step(self):
+            self._removed_k = None
+            super().before_step()
+
+    skip, _ = train_linear(lambda: LBC(2, 8, t_f=3), epochs=4, steps=4)
+    full, _ = train_linear(lambda: AlwaysRank(2, 8, t_f=3), epochs=4, steps=4)
+    assert full.method.frozen and skip.method.frozen
+    np.testing.assert_array_equal(skip.method.scores.value, full.method.scores.value)
+    np.testing.assert_array_equal(skip.method.alive, full.method.alive)
+    np.testing.assert_array_equal(skip.weight.value, full.weight.value)
+
+
 def test_state_round_trip_is_exact():
     """Train, checkpoint (method + optimizer + weight), restore into a fresh layer, continue: bit-identical."""
     epochs, steps = 5, 3
