@@ -4,6 +4,7 @@ traps leaves the CUDA context unusable). Raw nvmath bindings, independent of nmr
     python benchmarks/gpu_probe_cusparselt.py [--json FILE] [--only round2|a,b,...]   # all variants
     python benchmarks/gpu_probe_cusparselt.py VARIANT            # one, in this process
     python benchmarks/gpu_probe_cusparselt.py --layouts [--jsonl FILE] [--budget S] [--dtypes float16,...]
+        [--layout-names wA_wrow_xrow,...] [--no-nmref]   (environment: PROBE_BATCHES, PROBE_SWEEP, PROBE_SPLIT=0)
 
 Round 3 (--layouts): for y = x @ W.T with W 4096x4096, every operand arrangement cuSPARSELt accepts without a
 copy (W as structured A or B, each operand's descriptor row- or column-major), per batch size: the library's
@@ -247,8 +248,9 @@ LAYOUTS = {      # name: (operand holding W, W's descriptor order, x's descripto
     "wB_wcol_xcol": ("B", "col", "col"),
 }
 SPLITS = ((None, None), (2, 1), (2, 2), (4, 1), (4, 2), (8, 1), (8, 2), (16, 1), (16, 2), (None, 6), (None, 3))
-R3_BATCHES = (16, 64, 256, 1024, 4096)
-R3_SWEEP = (16, 256, 4096)
+R3_BATCHES = tuple(int(b) for b in os.environ.get("PROBE_BATCHES", "16,64,256,1024,4096").split(","))
+R3_SWEEP = tuple(int(b) for b in os.environ.get("PROBE_SWEEP", "16,256,4096").split(",") if b)
+R3_SPLIT = os.environ.get("PROBE_SPLIT", "1") != "0"     # round 2 of the sweep: split-K x mode on the best 12
 R3_K = R3_N = 4096
 _ROW, _COL = 2, 1
 
@@ -425,7 +427,7 @@ def r3_child(dtype, layout, log_path, deadline):
             for cfg in range(max_id):                       # every config, no split-K; then split-K on the best 12
                 item(m, f"c{cfg}_sNone_mNone", lambda: measure(7, cfg=cfg))
             best_configs = [int(r["key"].split("_")[0][1:]) for r in swept()][:12]
-            for cfg in best_configs:
+            for cfg in best_configs if R3_SPLIT else ():
                 for split, mode in SPLITS[1:]:
                     item(m, f"c{cfg}_s{split}_m{mode}", lambda: measure(7, cfg=cfg, split=split, mode=mode))
             for r in swept()[:3]:
@@ -488,9 +490,10 @@ def r3_main(argv):
     budget = float(opt("--budget", "300"))
     dtypes = opt("--dtypes", "float16,bfloat16").split(",")
     t_end = time.time() + budget
-    jobs = [(d, lay) for d in dtypes for lay in LAYOUTS]
+    layouts = opt("--layout-names", ",".join(LAYOUTS)).split(",")
+    jobs = [(d, lay) for d in dtypes for lay in layouts]
     for i, (dtype, layout) in enumerate(jobs):
-        nmref_reserve = 15 * len(dtypes)
+        nmref_reserve = 15 * len(dtypes) if "--no-nmref" not in argv else 0
         deadline = time.time() + max(5.0, (t_end - nmref_reserve - time.time()) / (len(jobs) - i))
         for attempt in range(8):
             try:
@@ -506,7 +509,7 @@ def r3_main(argv):
             if not crashed and p.returncode != 3:
                 print((p.stdout + p.stderr)[-1500:], flush=True)
                 break
-    for dtype in dtypes:
+    for dtype in dtypes if "--no-nmref" not in argv else ():
         code = (f"import sys; sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r}); "
                 f"import gpu_probe_cusparselt as g; g.r3_nmref_child({dtype!r}, {log_path!r})")
         try:

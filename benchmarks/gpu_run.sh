@@ -6,6 +6,8 @@
 #   bash benchmarks/gpu_run.sh tests    every test file only
 #   bash benchmarks/gpu_run.sh round2   every -m gpu test, bench_masks --gpu, the layout / split-K probe (round 3)
 #   bash benchmarks/gpu_run.sh notebook NN   execute notebooks/NN_*.ipynb in full mode (wheels in .whl/nb)
+#   bash benchmarks/gpu_run.sh final [NN]    every -m gpu test, notebook NN in full mode (if given), a 1-repeat
+#                                            cuSPARSELt table at 4096x4096 (regression check), fp16 config sweeps
 # At most 8 files come back from $OUT: the round2 and notebook stages keep to that.
 set -u
 STAGE=${1:-cslt}
@@ -16,7 +18,7 @@ T0=$(date +%s)
 stamp() { echo "== $(( $(date +%s) - T0 ))s: $*"; }
 
 WHEELS=(.whl/*.whl)
-[ "$STAGE" = notebook ] && WHEELS+=(.whl/nb/*.whl)
+[ "$STAGE" = notebook ] || [ "$STAGE" = final ] && WHEELS+=(.whl/nb/*.whl)
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "${WHEELS[@]}" || exit 1
 export PYTHONPATH=/tmp/site:$PWD
 if ! python3 -c "import nvmath.bindings.cusparseLt" 2>/dev/null; then
@@ -54,7 +56,7 @@ EOF
 run_tests() {      # $1 = log name, rest = pytest args
     local log=$1; shift
     stamp "pytest $*"
-    timeout "${TEST_TIMEOUT:-420}" python3 -m pytest -q -rs -p no:cacheprovider --continue-on-collection-errors "$@" 2>&1 | tee "$OUT/$log"
+    timeout "${TEST_TIMEOUT:-420}" python3 -m pytest -q -rs -p no:cacheprovider --continue-on-collection-errors "$@" 2>&1 | tee -a "$OUT/$log"
 }
 
 case "$STAGE" in
@@ -104,7 +106,23 @@ notebook)
     NMREF_FAST=0 timeout "${NB_TIMEOUT:-420}" python3 notebooks/_build.py "$NB" 2>&1 | tee "$OUT/notebook.log"
     cp notebooks/${NB}_*.ipynb "$OUT/"
     ;;
+final)
+    TEST_TIMEOUT=150 run_tests tests.log tests/test_cusparselt.py
+    TEST_TIMEOUT=200 run_tests tests.log -m gpu tests --ignore=tests/test_cusparselt.py
+    if [ -n "${2:-}" ]; then
+        stamp "execute notebooks/${2}_* (NMREF_FAST=0)"
+        NMREF_FAST=0 timeout "${NB_TIMEOUT:-300}" python3 notebooks/_build.py "$2" 2>&1 | tee "$OUT/notebook.log"
+        cp notebooks/${2}_*.ipynb "$OUT/"
+    fi
+    stamp "bench_cusparselt, 4096x4096 shapes, 1 repeat"
+    timeout 150 python3 benchmarks/bench_cusparselt.py --shapes 16x4096x4096,256x4096x4096,4096x4096x4096 \
+        --repeats 1 --json "$OUT/gpu_cusparselt_small.json" --markdown "$OUT/gpu_cusparselt_small.md" 2>&1 | tee -a "$OUT/runs.log"
+    stamp "probe: fp16 config sweeps at batch 256 and 4096"
+    PROBE_BATCHES=256,4096 PROBE_SWEEP=256,4096 PROBE_SPLIT=0 timeout 150 python3 benchmarks/gpu_probe_cusparselt.py \
+        --layouts --budget 90 --dtypes float16 --layout-names wA_wrow_xrow,wB_wcol_xrow --no-nmref \
+        --jsonl "$OUT/probe_sweep.jsonl" 2>&1 | tee -a "$OUT/runs.log"
+    ;;
 *)
-    echo "unknown stage $STAGE (cslt | tests | full | round2 | notebook)"; exit 2 ;;
+    echo "unknown stage $STAGE (cslt | tests | full | round2 | notebook | final)"; exit 2 ;;
 esac
 stamp "done"
