@@ -37,8 +37,10 @@ def main(args=ARGS):
                 wall = time.perf_counter() - start
             c, final = result["config"], result["final"]
             epoch_times = [row["epoch_time"] for row in result["history"]]
-            rows.append((method if method == "dense" else f"{method} {c['pattern']}", seed, c["epochs"], c["batch_size"],
-                         f"{100 * final['test_acc']:.2f}", f"{100 * max(r['test_acc'] for r in result['history']):.2f}",
+            name = method if method == "dense" else f"{method} {c['pattern']}"
+            best = max(r["test_acc"] for r in result["history"])
+            rows.append((name, seed, c["epochs"], c["batch_size"], f"{100 * final['test_acc']:.2f}",
+                         f"{100 * best:.2f}",
                          "yes" if final["test_acc"] >= TARGET else "NO", f"{wall:.0f}", f"{min(epoch_times):.1f}",
                          f"{load_before:.1f} -> {os.getloadavg()[0]:.1f}"))
             print(rows[-1], flush=True)

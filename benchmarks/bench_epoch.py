@@ -128,7 +128,10 @@ def main(args=ARGS):
              f"methods) vs the same loop in PyTorch eager (same initial weights, batch order, SGD momentum 0.9, "
              f"weight decay 5e-5, per-iteration warm-up + cosine lr). {args.threads} threads each "
              f"(torch.set_num_threads, OPENBLAS/OMP/NUMBA_NUM_THREADS); median of {args.repeats} alternating runs "
-             "after one warm-up run. PyTorch's SR-STE: argsort mask per 4 along Cin + straight-through backward.")
+             "after one warm-up run. PyTorch's SR-STE: argsort mask per 4 along Cin + straight-through backward. "
+             "The float32 losses differ by rounding amplified over the epoch (PyTorch's CPU BatchNorm reduces in "
+             "float64); in float64 the two loops give the same weights to 1e-11 "
+             "(tests/test_train.py::test_loop_matches_pytorch_in_float64).")
     print(body)
     if not args.no_save:
         print(save("epoch", "One training epoch: nmref vs PyTorch eager (CPU)", body, notes))

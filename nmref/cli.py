@@ -66,8 +66,8 @@ def add_train_parser(subparsers):
         epilog=TRAIN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
         argument_default=argparse.SUPPRESS)
     what = p.add_argument_group("what to train")
-    what.add_argument("--dataset", choices=DATASETS, help=f"default {d.dataset} (generated locally; the others "
-                                                          "need --data-path)")
+    what.add_argument("--dataset", choices=DATASETS,
+                      help=f"default {d.dataset} (generated locally; the others need --data-path)")
     what.add_argument("--data-path", metavar="PATH", help="MNIST: folder of the 4 IDX .gz files or mnist.npz; "
                                                           "CIFAR-10: the cifar-10-batches-py folder")
     what.add_argument("--model", choices=MODELS, help="default cnn1d for mnist1d, cnn2d otherwise")
@@ -76,21 +76,23 @@ def add_train_parser(subparsers):
     sparse = p.add_argument_group("sparsity")
     sparse.add_argument("--method", choices=METHODS, help=f"default {d.method}")
     sparse.add_argument("--pattern", type=_pattern, metavar="N:M", help=f"N kept of every M (default {d.pattern})")
-    sparse.add_argument("--lam", type=float, metavar="LAMBDA", help=f"SR-STE decay lambda_W on pruned weights (default {d.lam:g})")
+    sparse.add_argument("--lam", type=float, metavar="LAMBDA",
+                        help=f"SR-STE decay lambda_W on pruned weights (default {d.lam:g})")
     sparse.add_argument("--layout", choices=("conv", "nchw_flatten"),
                         help="conv weight grouping: conv = along Cin at each kernel position (NHWC, default), "
                              "nchw_flatten = the SR-STE paper-era flatten")
     sparse.add_argument("--sparse-last", action="store_true", help="make the last Linear sparse too")
     sparse.add_argument("--strict-sparse", action="store_true",
                         help="fail when a layer cannot take the pattern instead of keeping it dense")
-    sparse.add_argument("--fix-at", type=int, metavar="EPOCH", help="fixed: epoch whose start fixes the mask "
-                                                                    f"(default {d.fix_at})")
+    sparse.add_argument("--fix-at", type=int, metavar="EPOCH",
+                        help=f"fixed: epoch whose start fixes the mask (default {d.fix_at})")
     sparse.add_argument("--init-from", metavar="CHECKPOINT", help="start from this checkpoint's weights "
                                                                   "(e.g. a dense run, for --method fixed)")
     sparse.add_argument("--t-i", type=int, metavar="EPOCH", help=f"LBC: first removal epoch (default {d.t_i})")
     sparse.add_argument("--t-f", type=float, metavar="EPOCH", help="LBC: epoch from which one combination per "
                                                                    "group is left (default half the run)")
-    sparse.add_argument("--power", type=float, metavar="P", help=f"LBC: removal schedule exponent (default {d.power:g})")
+    sparse.add_argument("--power", type=float, metavar="P",
+                        help=f"LBC: removal schedule exponent (default {d.power:g})")
     sparse.add_argument("--removal", choices=("strict", "faithful"),
                         help="LBC: strict = removed combinations stay dead (default); faithful = the public code")
     sparse.add_argument("--score-weight-decay", type=float, metavar="WD", help="LBC: weight decay of the scores "
@@ -101,10 +103,14 @@ def add_train_parser(subparsers):
     opt.add_argument("--lr", type=float, help=f"peak learning rate (default {d.lr:g})")
     opt.add_argument("--momentum", type=float, metavar="MU", help=f"default {d.momentum:g}")
     opt.add_argument("--nesterov", action="store_true")
-    opt.add_argument("--weight-decay", type=float, metavar="WD", help=f"on all weights (default {d.weight_decay:g})")
-    opt.add_argument("--warmup-frac", type=float, metavar="FRAC", help="linear warm-up as a fraction of the steps (default 5/120)")
+    opt.add_argument("--weight-decay", type=float, metavar="WD",
+                     help=f"on all weights (default {d.weight_decay:g})")
+    opt.add_argument("--warmup-frac", type=float, metavar="FRAC",
+                     help="linear warm-up as a fraction of the steps (default 5/120)")
     opt.add_argument("--schedule", choices=SCHEDULES, help="after the warm-up, per iteration (default cosine)")
     opt.add_argument("--label-smoothing", type=float, metavar="EPS", help=f"default {d.label_smoothing:g}")
+    opt.add_argument("--dtype", choices=("float32", "float64"), help="default float32; float64 to cross-check "
+                                                                     "against another implementation")
     opt.add_argument("--seed", type=int, metavar="N", help=f"initial weights and shuffling (default {d.seed})")
     run = p.add_argument_group("run")
     run.add_argument("--out", metavar="DIR", help="run directory (default runs/<dataset>_<model>_<method>...)")

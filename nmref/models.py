@@ -21,7 +21,7 @@ import numpy as np
 
 from .groups import LAYOUTS, grouped_axis_length
 from .layers import (BatchNorm, Conv1d, Conv2d, Flatten, GlobalAvgPool, Linear, MaxPool2d, ReLU,
-                     ResidualBlock, Sequential, WeightLayer, _generator)
+                     ResidualBlock, Sequential)
 from .sparsity import Dense
 
 MODELS = ("mlp", "cnn1d", "cnn2d", "resnet8", "resnet20")
@@ -79,7 +79,7 @@ def build_model(name, sparsity=None, sparse_last=False, layout="conv", rng=0, dt
     input_shape = tuple(DEFAULT_INPUT[name] if input_shape is None else input_shape)
     if not isinstance(num_classes, (int, np.integer)) or num_classes < 2:
         raise ValueError(f"num_classes={num_classes!r} must be an int >= 2")
-    rng = _generator(rng)
+    rng = np.random.default_rng(rng)                                   # an int seed or a Generator
     builder = {"mlp": _mlp, "cnn1d": _cnn1d, "cnn2d": _cnn2d, "resnet8": _resnet, "resnet20": _resnet}[name]
     layers = builder(name, input_shape, num_classes, layout, rng, np.dtype(dtype))
     model = Model(name, layers, input_shape, num_classes)
@@ -170,11 +170,3 @@ def _resnet(name, input_shape, num_classes, layout, rng, dtype):
             channels = width
     return layers + [GlobalAvgPool(), Linear(64, num_classes, rng=rng, dtype=dtype)]
 
-
-def count_params(model, group="weights"):
-    """Number of trainable values in the Params of ``group``."""
-    return int(sum(p.value.size for p in model.params() if p.group == group))
-
-
-def is_weight_layer(layer):
-    return isinstance(layer, WeightLayer)

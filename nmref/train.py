@@ -17,7 +17,6 @@ import csv
 import dataclasses
 import io
 import json
-import math
 import os
 import time
 from pathlib import Path
@@ -42,7 +41,7 @@ DEFAULT_MODEL = {"mnist1d": "cnn1d", "mnist": "cnn2d", "cifar10": "cnn2d"}
 DEFAULT_EPOCHS, FAST_EPOCHS = 10, 2
 METRIC_COLUMNS = ("epoch", "step", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "density",
                   "model_density")
-TIMING_COLUMNS = ("epoch_time",)
+TIMING_COLUMNS = ("train_time", "epoch_time")
 # Settings that may change on --resume without changing the run's numbers (device: same math, not bits).
 RESUME_FREE = ("resume", "overwrite", "progress", "out", "device", "checkpoint_every", "stop_after",
                "data_path", "eval_batch_size")
@@ -85,6 +84,7 @@ class TrainConfig:
     checkpoint_every: int = 1           # epochs between checkpoints (the last epoch always saves)
     stop_after: int = None              # stop after this many epochs in this call (resume later)
     eval_batch_size: int = 1000
+    dtype: str = "float32"              # float32 | float64 (weights, activations, gradients)
 
     def resolved(self):
         """A copy with model, epochs and out filled in, validated."""
@@ -116,7 +116,7 @@ def validate(config):
     """Raise ConfigError naming the first bad setting and what it should be."""
     c = config
     choices = (("dataset", DATASETS), ("model", MODELS), ("method", METHODS), ("schedule", SCHEDULES),
-               ("device", DEVICES), ("removal", ("strict", "faithful")),
+               ("device", DEVICES), ("removal", ("strict", "faithful")), ("dtype", ("float32", "float64")),
                ("layout", tuple(x for x in LAYOUTS if x != "linear")))
     for field, allowed in choices:
         if getattr(c, field) not in allowed:
@@ -172,8 +172,8 @@ def model_for(config, input_shape, num_classes=10):
     """The config's model with its sparsity method, initial weights from config.seed."""
     try:
         return build_model(config.model, method_factory(config), sparse_last=config.sparse_last,
-                           layout=config.layout, rng=np.random.default_rng(config.seed), input_shape=input_shape,
-                           num_classes=num_classes, strict_sparse=config.strict_sparse)
+                           layout=config.layout, rng=np.random.default_rng(config.seed), dtype=config.dtype,
+                           input_shape=input_shape, num_classes=num_classes, strict_sparse=config.strict_sparse)
     except ValueError as exc:
         raise ConfigError(f"model {config.model!r} on {config.dataset}: {exc}") from None
 
@@ -409,9 +409,8 @@ def train(config=None, **overrides):
     (out / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=1) + "\n")
     (out / "model.txt").write_text(model.describe() + "\n")
     model.to_device(config.device)
-    x_train, y_train = to_device(data.x_train, config.device), to_device(data.y_train, config.device)
-    x_test, y_test = to_device(data.x_test, config.device), to_device(data.y_test, config.device)
-    loop = Loop(config, model, optimizer, tracker, run, (x_train, y_train, x_test, y_test), checkpoint)
+    arrays = [to_device(a.astype(config.dtype) if a.dtype.kind == "f" else a, config.device) for a in data]
+    loop = Loop(config, model, optimizer, tracker, run, arrays, checkpoint)
     return loop.run()
 
 
@@ -513,9 +512,5 @@ def _summary(row, epochs):
 
 def timing_free(row):
     """A metrics row without its wall-clock columns (for comparing runs)."""
-    return {k: v for k, v in row.items() if k not in TIMING_COLUMNS + ("train_time",)}
+    return {k: v for k, v in row.items() if k not in TIMING_COLUMNS}
 
-
-def steps_for(config, n_train):
-    """Total optimizer steps of a run of ``config`` on ``n_train`` samples."""
-    return config.epochs * math.ceil(n_train / config.batch_size)

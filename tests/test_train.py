@@ -4,6 +4,8 @@ import math
 
 import numpy as np
 import pytest
+import torch
+import torch.nn.functional as F
 
 from nmref import train as train_mod
 from nmref.masks import is_nm, nm_mask
@@ -189,3 +191,74 @@ def test_run_directory_protection_and_resume_checks(tmp_path):
         run(tmp_path, "a", epochs=1, lr=0.05, resume=True)
     again = run(tmp_path, "a", epochs=1, resume=True)
     assert len(again["history"]) == 1 and again["finished"]
+
+
+# ---- the whole loop against PyTorch, float64 --------------------------------------------------------
+class TorchSRSTE(torch.autograd.Function):
+    """W~ = E * W, 2:4 magnitude mask along Cin at each kernel position; dW = g + lam (1 - E) W."""
+
+    @staticmethod
+    def forward(ctx, w, lam):
+        cout, cin, k = w.shape
+        groups = w.detach().permute(0, 2, 1).reshape(-1, 4)
+        pruned = torch.argsort(groups.abs(), dim=1, stable=True)[:, :2]
+        mask = torch.ones_like(groups, dtype=torch.bool).scatter_(1, pruned, False)
+        mask = mask.reshape(cout, k, cin).permute(0, 2, 1)
+        ctx.save_for_backward(w, mask)
+        ctx.lam = lam
+        return w * mask
+
+    @staticmethod
+    def backward(ctx, g):
+        w, mask = ctx.saved_tensors
+        return g + ctx.lam * (~mask) * w, None
+
+
+class TorchSRSTEConv1d(torch.nn.Conv1d):
+    def forward(self, x):
+        return F.conv1d(x, TorchSRSTE.apply(self.weight, 2e-4), None, self.stride, self.padding)
+
+
+def torch_run(config, init, data):
+    """The nmref loop written in PyTorch: cnn1d, SGD with coupled weight decay, warm-up + cosine per step."""
+    nn = torch.nn
+    conv = TorchSRSTEConv1d if config.method == "srste" else nn.Conv1d
+    net = nn.Sequential(nn.Conv1d(1, 32, 5, 1, 2, bias=False), nn.BatchNorm1d(32), nn.ReLU(),
+                        conv(32, 64, 3, 2, 1, bias=False), nn.BatchNorm1d(64), nn.ReLU(),
+                        conv(64, 64, 3, 2, 1, bias=False), nn.BatchNorm1d(64), nn.ReLU(),
+                        nn.Flatten(), nn.Linear(640, 10)).double()
+    net.load_state_dict({k: torch.from_numpy(v) for k, v in init.items()}, strict=False)
+    opt = torch.optim.SGD(net.parameters(), lr=config.lr, momentum=config.momentum,
+                          weight_decay=config.weight_decay)
+    x, y = torch.from_numpy(data.x_train.astype(np.float64)), torch.from_numpy(data.y_train)
+    shuffle = np.random.default_rng([config.seed, 1])
+    per_epoch = -(-len(y) // config.batch_size)
+    total, step = config.epochs * per_epoch, 0
+    for _ in range(config.epochs):
+        order = torch.from_numpy(shuffle.permutation(len(y)))
+        for begin in range(0, len(y), config.batch_size):
+            for group in opt.param_groups:
+                group["lr"] = config.lr * lr_factor(step, total, round(config.warmup_frac * total), "cosine")
+            idx = order[begin: begin + config.batch_size]
+            loss = F.cross_entropy(net(x[idx]), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            step += 1
+    return {k: v.detach().numpy() for k, v in net.state_dict().items()}
+
+
+@pytest.mark.parametrize("method", ["dense", "srste"])
+def test_loop_matches_pytorch_in_float64(tmp_path, method):
+    from nmref.data import load
+    config = TrainConfig(method=method, dtype="float64", epochs=2, batch_size=256, progress=False,
+                         out=str(tmp_path / method)).resolved()
+    init = {k: p.value.copy() for k, p in train_mod.model_for(config, (1, 40)).named_params().items()}
+    arrays, _ = read_checkpoint(train(config)["checkpoint"])
+    expected = torch_run(config, init, load("mnist1d"))
+    for name, value in expected.items():
+        ours = arrays.get(f"param/{name}", arrays.get(f"buffer/{name}"))
+        if ours is None:
+            assert name.endswith("num_batches_tracked")
+            continue
+        assert np.linalg.norm(ours - value) <= 1e-9 * np.linalg.norm(value), name
