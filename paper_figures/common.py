@@ -79,14 +79,14 @@ def mean_std(values):
 
 
 def versus(a, b, name_a, name_b, scale=100, unit=" points"):
-    """"name_a ahead of name_b by x points" or "not distinguishable", judged against the seeds' std."""
+    """"a - b = +x points (within / beyond the std over seeds)": the larger of the two stds is the noise."""
     (mean_a, std_a), (mean_b, std_b) = mean_std(a), mean_std(b)
     diff = mean_a - mean_b
     noise = max(np.nan_to_num(std_a), np.nan_to_num(std_b))
     text = f"{name_a} - {name_b} = {scale * diff:+.2f}{unit}"
     if len(a) < 2 or abs(diff) <= noise:
-        return text + f" (within the std over seeds: not distinguishable at {len(a)} seed(s))"
-    return text + f" ({name_a if diff > 0 else name_b} ahead by more than the std over seeds)"
+        return text + " (within the std over seeds)"
+    return text + " (beyond the std over seeds)"
 
 
 def pm(mean, std, digits=2, scale=1.0):

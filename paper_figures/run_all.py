@@ -45,7 +45,7 @@ def run(argv=None):
     args = parser().parse_args(argv)
     if args.jobs < 1:
         parser().error(f"--jobs {args.jobs} must be >= 1")
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), cpu_seconds()
     mode = common.pick_mode(args.full)
     names = [n for n in FIGURES if not args.only or n in args.only]
     modules = {n: importlib.import_module(f"paper_figures.{n}") for n in names}
@@ -56,8 +56,8 @@ def run(argv=None):
     files = []
     for name in _bar(names, "drawing figures", args.no_progress):
         files += modules[name].make(mode, get, args.out)
-    seconds = time.perf_counter() - start
-    files.append(common.write_index(args.out, FIGURES, header(mode, results, trained, seconds, args)))
+    seconds, cpu = time.perf_counter() - start, cpu_seconds() - cpu_start
+    files.append(common.write_index(args.out, FIGURES, header(mode, results, trained, seconds, args, cpu)))
     return Report(mode.name, names, files, len(results), trained, seconds)
 
 
@@ -66,16 +66,25 @@ def _bar(items, desc, disabled):
     return tqdm(items, desc=desc, unit="figure", disable=disabled)
 
 
-def header(mode, results, trained, seconds, args):
+def cpu_seconds():
+    """CPU time of this process and its finished children (the training workers), user + system."""
+    import resource
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def header(mode, results, trained, seconds, args, cpu):
     import nmref
-    cpu = sum(r.seconds for r in results.values())
+    training_cpu = sum(r.cpu_seconds for r in results.values())
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     return (f"# nmref paper figures (mode `{mode.name}`)\n\n"
             f"Small-scale regenerations of figures and tables of SR-STE (Zhou et al., ICLR 2021) and LBC "
             f"(Zhang et al., NeurIPS 2022) on MNIST-1D with a small 1D CNN, made by `nmref figures"
             f"{' --full' if mode.name == 'full' else ''}` (nmref {nmref.__version__}). The last invocation "
             f"used {len(results)} distinct training runs ({trained} trained now, the rest from the cache; "
-            f"{cpu:.0f} s of training in all when they were made) and took {seconds:.0f} s with `--jobs "
-            f"{args.jobs}`. Every number in a caption is read from the run results; the CSV beside each "
+            f"{training_cpu:.0f} CPU-seconds of training in all when they were made) and took {seconds:.0f} s "
+            f"wall, {cpu:.0f} CPU-seconds, with `--jobs {args.jobs}` on {os.cpu_count()} cores (1-minute load "
+            f"average {load:.1f} at the end: other work on the machine lengthens the wall time). Every number in a caption is read from the run results; the CSV beside each "
             f"figure holds every number plotted.")
 
 

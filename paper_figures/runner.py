@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 CACHE_DIR = Path(__file__).resolve().parent / "cache"
-RECORD_VERSION = 1                     # bump when what a run records changes
+RECORD_VERSION = 2                     # bump when what a run records changes
 NOT_IN_KEY = ("out", "progress", "resume", "overwrite", "checkpoint_every", "stop_after", "eval_batch_size")
 EXTRA = {"train_samples": 0, "test_samples": 0}   # spec keys that are not TrainConfig fields (recorder.subset)
 THREAD_VARS = ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
@@ -54,6 +54,7 @@ class RunResult:
         self.folder = Path(folder)
         meta = json.loads((self.folder / "run.json").read_text())
         self.config, self.history, self.seconds = meta["config"], meta["history"], meta["seconds"]
+        self.cpu_seconds = meta["cpu_seconds"]
         self.layers = meta["layers"]                   # sparse layer -> {"weight", "layout", "method"}
         self.n_train, self.n_test = meta["n_train"], meta["n_test"]
         with np.load(self.folder / "arrays.npz") as arrays:
@@ -74,13 +75,14 @@ def record_run(spec, folder):
     overrides, extra = split(spec)
     config = TrainConfig(**overrides, out=str(folder / "run"), progress=False, overwrite=True,
                          checkpoint_every=overrides.get("epochs") or 1_000_000)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     with recorder.recording() as snapshots, recorder.subset(extra["train_samples"], extra["test_samples"]) as sizes:
         result = train(config)
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     history, arrays, layers = recorder.from_checkpoint(result["checkpoint"], result["history"])
     np.savez(folder / "arrays.npz", **arrays, **snapshots.arrays())
-    meta = {"config": full_config(spec), "spec": spec, "history": history, "seconds": seconds, "layers": layers,
+    meta = {"config": full_config(spec), "spec": spec, "history": history, "seconds": seconds, "cpu_seconds": cpu,
+            "layers": layers,
             **sizes}
     (folder / "run.json").write_text(json.dumps(meta, default=_json_default))
     shutil.rmtree(folder / "run", ignore_errors=True)           # the checkpoint is not needed any more
