@@ -63,8 +63,11 @@ def build(source):
 
 
 def execute(nb, fast):
-    """Run every cell top to bottom in a fresh kernel, in notebooks/, with NMREF_FAST set."""
-    os.environ["NMREF_FAST"] = "1" if fast else "0"
+    """Run every cell top to bottom in a fresh kernel, in notebooks/, with NMREF_FAST set; the mode is
+    recorded in the notebook's metadata (``nmref.executed_with``)."""
+    mode = "NMREF_FAST=1" if fast else "NMREF_FAST=0"
+    os.environ["NMREF_FAST"] = mode[-1]
+    nb.metadata["nmref"] = {"executed_with": mode + " (fast: CI sizes)" if fast else mode + " (full run)"}
     client = NotebookClient(nb, timeout=CELL_TIMEOUT_S, kernel_name="python3", record_timing=False,
                             resources={"metadata": {"path": str(HERE)}})
     client.execute()

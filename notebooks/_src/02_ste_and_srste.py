@@ -272,7 +272,8 @@ assert np.array_equal(ws_ste, ws_0)
 
 # %% [markdown]
 # **2.** Threshold $2 \cdot 0.85 / 0.9 \approx 1.89$: the pruned $w_2$ rests at $1.7/\lambda$ and must stay
-# below $w_1 \approx 0.9$.
+# below $w_1 \approx 0.9$. $\lambda = 2$ is only just above it, so the mini-batch noise still carries $w_2$
+# across now and then; $\lambda = 3$ leaves a margin and the flips stop.
 
 # %%
 W_STAR[0, 2] = 0.85
@@ -284,8 +285,9 @@ W_STAR[0, 2] = 0.8
 
 # %% [markdown]
 # **3.** The balance point $g_j + \lambda w_j = 0$ is where the update is zero whatever the step size or
-# momentum, so the threshold is unchanged; momentum only changes how fast (and how smoothly) the weights
-# get there.
+# momentum, so the threshold is unchanged and SR-STE settles on the same mask. Momentum does change the
+# noise: its effective step is $\mathrm{lr}/(1-\mu)$, so with $\lambda = 2$, just above the threshold, an
+# occasional flip remains, while STE keeps flipping all the time.
 
 # %%
 def train_toy_momentum(method, steps=STEPS, lr=0.005, seed=0):

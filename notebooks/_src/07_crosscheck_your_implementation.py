@@ -31,7 +31,8 @@ from nmref.data import fast_mode, load
 from nmref.golden import write_golden
 
 FAST = fast_mode()
-work = Path(tempfile.mkdtemp(prefix="nmref_nb07_"))
+scratch = tempfile.TemporaryDirectory(prefix="nmref_nb07_")   # removed when the kernel exits
+work = Path(scratch.name)
 try:
     import torch
     import torch.nn.functional as F
