@@ -82,9 +82,9 @@ assert mask[1].all() and mask[2].sum() == 3 and mask[3].sum() == 2 and mask[4].s
 #   \frac{\partial S_j}{\partial \alpha_k} = \mathrm{alive}_k \sum_{j} g_j W_j I_{kj}, \qquad
 #   \text{i.e.}\quad \nabla_\alpha = \mathrm{alive} \odot \big((g \odot W)\, I^\top\big).$$
 #
-# Each combination collects $g_j W_j$, the first-order change of the loss when weight $j$ is removed,
-# over its members: a combination whose weights the loss wants to keep gets a negative gradient, so SGD
-# raises its score. **Check 1, finite differences**: at the initial scores $S = 1 = E$, so the soft
+# Each combination sums $g_j W_j$ over its members; removing weight $j$ changes the loss by about
+# $-g_j W_j$ (to first order). A combination whose weights the loss wants to keep therefore gets a negative
+# gradient, and SGD raises its score. **Check 1, finite differences**: at the initial scores $S = 1 = E$, so the soft
 # forward $W \odot S$ *is* the network's forward; perturbing one score by $\pm\epsilon$ and differencing
 # the loss must give the gradient of an nmref `Linear` layer with an `LBC` method.
 

@@ -17,6 +17,10 @@
 #   `ld = out`, which in memory *is* $y$ `(batch, out)` row-major: no transposes, no copies.
 # * Rules for fp16/bf16: both dimensions of $\tilde W$ multiples of 16, the batch a multiple of 8.
 #   Compress once per weight; create the plan (and run the algorithm search) once per shape.
+#
+# > **About the outputs shown here:** they come from the CPU path, executed on a machine without a GPU;
+# > section 4 only says it was skipped. Rerun the notebook on a GPU machine (`python notebooks/_build.py
+# > 06`) to fill in the cuSPARSELt check and timings.
 
 # %%
 import tempfile
@@ -209,8 +213,8 @@ else:
 #   fp16-level agreement (a few 1e-4) with an fp32 product, no gain on tiny layers, and up to about 2x on large
 #   compute-bound ones. `benchmarks/bench_cusparselt.py` measures it properly.
 #
-# *These committed outputs come from the CPU path (no GPU on the machine that executed the notebook);
-# on a GPU machine the last two code cells print and plot the measured timings.*
+# *Which path made the outputs you read: see the "GPU visible" line of the first code cell; on a GPU
+# machine section 4 prints and plots the measured timings.*
 #
 # ## Exercises
 # 1. The first layer of the MLP is `(256, 40)`. Pad it for cuSPARSELt, then show that the padded layer
