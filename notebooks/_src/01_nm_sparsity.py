@@ -117,7 +117,7 @@ for ax, (title, img, cmap) in zip(axes, [("dense W", w_big, "RdBu_r"), ("2:4 mas
     ax.set_ylabel("output row")
     for x in range(4, 32, 4):
         ax.axvline(x - 0.5, color="0.6", lw=0.6)
-fig.colorbar(im, ax=axes, label="weight value", shrink=0.8)
+fig.colorbar(im, ax=axes[2], label="weight value (W, W~)", shrink=0.8)
 fig.suptitle("A (16, 32) Linear weight before and after its 2:4 magnitude mask (grey lines: groups of 4)")
 plt.show()
 print("density of every row:", mask_big.mean(axis=1))
