@@ -92,3 +92,12 @@ def test_figures_outside_a_checkout_says_what_to_do(monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "paper_figures.run_all", None)
     assert exit_code(["figures"]) == 2
     assert "pip install -e ." in capsys.readouterr().err
+
+
+def test_progress_bar_and_epoch_lines(tmp_path, capsys):
+    assert exit_code(["train", "--model", "mlp", "--method", "ste", "--pattern", "2:4", "--epochs", "1",
+                      "--batch-size", "500", "--out", str(tmp_path / "run")]) == 0
+    captured = capsys.readouterr()
+    text = captured.err + captured.out
+    assert "mlp ste 2:4" in text and "lr=" in text and "acc=" in text
+    assert "epoch 1/1: train loss" in text and "SAD epoch" in text
