@@ -33,7 +33,7 @@ SHAPES = {                                  # name: (M batch, K in, N out)
     "32768x4096x11008": (32768, 4096, 11008),
     "32768x11008x4096": (32768, 11008, 4096),
 }
-METHODS = ("cupy_dense", "nmref_cslt", "torch_cslt", "torch_dense")
+METHODS = ("cupy_dense", "nmref_cslt", "nmref_search_only", "torch_cslt", "torch_dense")
 ROTATE_BYTES = 256 * 2**20                  # weights + inputs cycled per method: several times the L2
 
 SPIN = r"""
@@ -165,6 +165,9 @@ def bench_shape(cp, torch, cslt, timer, name, dtype, iters, seed, search=True):
     ops = [cslt.SparseMatmul(w, search=search) for w in ws]
     build_s = time.perf_counter() - t0
     calls["nmref_cslt"] = lambda i: ops[i](xs[i])
+    if search:                   # the searched plan alone, without the pinned-config candidate (round 2 of issue 7)
+        ops_searched = [cslt.SparseMatmul(w, search=True, pin_config=False) for w in ws]
+        calls["nmref_search_only"] = lambda i: ops_searched[i](xs[i])
     if torch is not None:
         wts, xts = [as_torch(torch, w) for w in ws], [as_torch(torch, x) for x in xs]
         calls["torch_dense"] = lambda i: torch.mm(xts[i], wts[i].t())
@@ -186,14 +189,16 @@ def bench_shape(cp, torch, cslt, timer, name, dtype, iters, seed, search=True):
             results[method] = timer.measure(calls[method], n_inputs, iters)
         except Exception as exc:                                   # report, keep the other methods
             results[method] = {"error": f"{type(exc).__name__}: {exc}"}
+    plans = [op.plan_info(m) for op in ops]
     del ops, calls
+    ops_searched = None
     cp.get_default_memory_pool().free_all_blocks()
     if torch is not None:
         torch.cuda.empty_cache()
     flop = 2.0 * m * n * k
     return {"shape": name, "M": m, "K": k, "N": n, "dtype": dtype, "n_inputs": n_inputs, "flop": flop,
             "build_s": build_s, "measure_s": time.perf_counter() - t0, "rel_err_vs_first": errors,
-            "methods": results}
+            "nmref_plans": plans, "methods": results}
 
 
 def environment(cp, torch, cslt):
@@ -223,9 +228,10 @@ def summarize(runs, env):
     for mode in ("gpu", "steady"):
         lines += [f"## {mode} time per call" + (" (GPU kernel time, launches queued)" if mode == "gpu" else
                                                   " (back-to-back calls from Python, host overhead included)"), "",
-                  "| dtype | M x K x N | cupy dense | nmref cslt | torch cslt | torch dense | dense/nmref | "
-                  "torch_cslt/nmref | nmref TFLOP/s (dense-equivalent) | spread nmref | spread dense | spread torch cslt |",
-                  "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+                  "| dtype | M x K x N | cupy dense | nmref cslt | nmref search only | torch cslt | torch dense | "
+                  "dense/nmref | search-only/nmref | torch_cslt/nmref | nmref TFLOP/s (dense-equivalent) | "
+                  "spread nmref | spread dense | spread torch cslt | nmref plans kept: pinned config / searched |",
+                  "| --- | --- |" + " ---: |" * 12 + " --- |"]
         for dtype, shape in keys:
             rows = [r for run in runs for r in run if (r["dtype"], r["shape"]) == (dtype, shape)]
             med, spread = {}, {}
@@ -239,9 +245,12 @@ def summarize(runs, env):
             ratio = lambda mth: f"{med[mth] / med['nmref_cslt']:.2f}x" if mth in med and "nmref_cslt" in med else "n/a"
             sprd = lambda mth: f"{100 * spread[mth]:.1f}%" if mth in spread else "n/a"
             tflops = f"{rows[0]['flop'] / (med['nmref_cslt'] * 1e-6) / 1e12:.0f}" if "nmref_cslt" in med else "n/a"
-            lines.append(f"| {dtype} | {shape} | {fmt('cupy_dense')} | {fmt('nmref_cslt')} | {fmt('torch_cslt')} | "
-                         f"{fmt('torch_dense')} | {ratio('cupy_dense')} | {ratio('torch_cslt')} | {tflops} | "
-                         f"{sprd('nmref_cslt')} | {sprd('cupy_dense')} | {sprd('torch_cslt')} |")
+            kept = [p for r in rows for p in r.get("nmref_plans", []) if p]
+            pinned = sum(p["pinned"] for p in kept)
+            lines.append(f"| {dtype} | {shape} | {fmt('cupy_dense')} | {fmt('nmref_cslt')} | "
+                         f"{fmt('nmref_search_only')} | {fmt('torch_cslt')} | {fmt('torch_dense')} | {ratio('cupy_dense')} | "
+                         f"{ratio('nmref_search_only')} | {ratio('torch_cslt')} | {tflops} | {sprd('nmref_cslt')} | "
+                         f"{sprd('cupy_dense')} | {sprd('torch_cslt')} | {pinned} / {len(kept) - pinned} |")
         lines.append("")
     host = [(r["dtype"], r["shape"], {m: v.get("host_ms") for m, v in r["methods"].items()}) for r in runs[-1]]
     lines += ["## host time per call (last repeat, microseconds, Python enqueue only)", "",

@@ -28,6 +28,7 @@ _COMPUTE_32I, _COMPUTE_32F = 0, 2                                  # cusparseCom
 _SPARSITY_50 = 0
 _BIAS_POINTER = 8                                                  # CUSPARSELT_MATMUL_BIAS_POINTER
 _ALG_DEFAULT = 0
+_ALG_CONFIG_ID = 0                                                 # CUSPARSELT_MATMUL_ALG_CONFIG_ID
 LAYOUTS = {      # name: (operand that holds W, W's descriptor order, x's descriptor order)
     "wA_wrow_xrow": ("A", "row", "row"), "wA_wrow_xcol": ("A", "row", "col"),
     "wA_wcol_xrow": ("A", "col", "row"), "wA_wcol_xcol": ("A", "col", "col"),
@@ -120,11 +121,12 @@ def _first_bad_group(weight):
 
 class _Plan:
     """One batch size's plan in one layout, with the native objects and buffers that only it uses."""
-    __slots__ = ("layout", "w_is_a", "descs", "matmul_desc", "alg_sel", "plan", "workspace", "workspace_ptr",
-                 "compressed", "compressed_ptr")
+    __slots__ = ("layout", "w_is_a", "config", "pinned", "descs", "matmul_desc", "alg_sel", "plan", "workspace",
+                 "workspace_ptr", "compressed", "compressed_ptr")
 
     def __init__(self, layout):
         self.layout, self.w_is_a = layout, LAYOUTS[layout][0] == "A"
+        self.config, self.pinned = None, False
         self.descs, self.matmul_desc, self.alg_sel, self.plan = [], None, None, None
         self.workspace = self.workspace_ptr = self.compressed = self.compressed_ptr = None
 
@@ -182,11 +184,14 @@ class SparseMatmul:
     in every group of 4 along ``in``. bias: (out,) or None; it is cast to the output dtype (float32 for int8
     inputs, cuSPARSELt's bias type there). out_dtype: the input dtype for float16/bfloat16; int32 (default),
     int8, float16 or bfloat16 for int8 inputs. search: run cuSPARSELt's algorithm search once per batch size
-    (default: on unless the environment sets NMREF_CUSPARSELT_SEARCH=0). layout: a name from LAYOUTS, a tuple
-    of names, or "auto" (all of them); None = DEFAULT_LAYOUTS. With several candidates and the search on, each
-    batch size gets a plan in every candidate, each searched and timed (L2 flushed, CUDA events) on the first
-    call's operands, and keeps the fastest; with the search off, the first candidate. The bias rides in
-    cuSPARSELt's epilogue, which adds it along D's rows, so a bias limits the candidates to ``wA_*`` layouts.
+    (default: on unless the environment sets NMREF_CUSPARSELT_SEARCH=0). pin_config: with the search on, also
+    plan the config id the search chose on its own, without the search's other settings (on cuSPARSELt 0.8.0 /
+    H200 the search can pick a split-K mode whose factor cannot be read back, and the bare config ran up to 9%
+    faster at 4096^3: gpu_notes.md). layout: a name from LAYOUTS, a tuple of names, or "auto" (all of them);
+    None = DEFAULT_LAYOUTS. When a batch size has several candidate plans (layouts, pinned configs), each is
+    timed on the first call's operands (L2 flushed, CUDA events) and the fastest is kept; with the search off,
+    the first layout's default plan. The bias rides in cuSPARSELt's epilogue, which adds it along D's rows, so
+    a bias limits the candidates to ``wA_*`` layouts.
 
     The weight is compressed through each plan into that plan's own buffer. Seen with cuSPARSELt 0.8.0 on an
     H200 (benchmarks/results/gpu_notes.md): the compressed bytes are the same for every plan, yet the algorithm
@@ -196,7 +201,8 @@ class SparseMatmul:
     weight, and other batch sizes are refused. ``close()`` (or ``with``) frees everything early.
     """
 
-    def __init__(self, weight, bias=None, out_dtype=None, search=None, batch_sizes=None, layout=None):
+    def __init__(self, weight, bias=None, out_dtype=None, search=None, batch_sizes=None, layout=None,
+                 pin_config=True):
         cupy, lt = _bindings()
         self._cupy, self._lt = cupy, lt
         _check_operand(weight, "weight", cupy)
@@ -208,6 +214,7 @@ class SparseMatmul:
             check_batch(batch, self.dtype)
         self.layouts = _candidate_layouts(layout, bias is not None)
         self.search = os.environ.get("NMREF_CUSPARSELT_SEARCH", "1") != "0" if search is None else bool(search)
+        self.pin_config = bool(pin_config)
         self.device_id = weight.device.id
         major = int(cupy.cuda.Device(self.device_id).compute_capability[:-1])
         if major < 8:
@@ -333,27 +340,38 @@ class SparseMatmul:
         values = cupy.random.default_rng(0).standard_normal(shape, dtype=cupy.float32)
         return cupy.rint(values * 8).astype(np_dtype(dtype)) if dtype == "int8" else values.astype(np_dtype(dtype))
 
-    def _planned(self, batch, layout, x, y):
-        """A searched (if on) plan for ``batch`` in ``layout``, with the weight compressed through it."""
+    def _planned(self, batch, layout, x, y, config=None):
+        """A plan for ``batch`` in ``layout`` with the weight compressed through it: pinned to ``config``, else
+        searched (if the search is on)."""
         lt, h = self._lt, self._res.handle
         entry = self._describe(batch, layout)
         entry.alg_sel = lt.matmul_alg_selection_init(h, entry.matmul_desc, _ALG_DEFAULT)
+        if config is not None:
+            value = np.array([config], dtype=np.int32)
+            lt.matmul_alg_set_attribute(h, entry.alg_sel, _ALG_CONFIG_ID, value.ctypes.data, 4)
+            entry.pinned = True
         entry.plan = lt.matmul_plan_init(h, entry.matmul_desc, entry.alg_sel)
         entry.compressed = self._compress(entry.plan)
         entry.compressed_ptr = entry.compressed.data.ptr
         self._workspace(entry)
-        if self.search:
+        if self.search and config is None:
             a, b = self._operands(entry, x)
             lt.matmul_search(h, entry.plan, self._alpha.ctypes.data, a, b, self._beta.ctypes.data, y.data.ptr,
                              y.data.ptr, entry.workspace_ptr, self._stream_array().ctypes.data, 1)
             self._workspace(entry)
+        value = np.zeros(1, dtype=np.int32)
+        lt.matmul_alg_get_attribute(h, entry.alg_sel, _ALG_CONFIG_ID, value.ctypes.data, 4)
+        entry.config = int(value[0])
         return entry
 
     def _new_plan(self, batch, x=None, y=None):
         x = self._scratch((batch, self.in_features), self.dtype) if x is None else x
         y = self._cupy.empty((batch, self.out_features), dtype=self._out_np_dtype) if y is None else y
-        candidates = self.layouts if self.search else self.layouts[:1]
-        entries = [self._planned(batch, layout, x, y) for layout in candidates]
+        entries = []
+        for layout in self.layouts if self.search else self.layouts[:1]:
+            entries.append(self._planned(batch, layout, x, y))
+            if self.search and self.pin_config:
+                entries.append(self._planned(batch, layout, x, y, config=entries[-1].config))
         if len(entries) > 1:
             times = [self._time(entry, x, y) for entry in entries]
             best = entries[int(np.argmin(times))]
@@ -405,6 +423,11 @@ class SparseMatmul:
         """The layout of the cached plan for ``batch`` (None if there is none yet)."""
         entry = self._plans.get(batch)
         return None if entry is None else entry.layout
+
+    def plan_info(self, batch):
+        """{"layout", "config", "pinned"} of the cached plan for ``batch`` (None if there is none yet)."""
+        entry = self._plans.get(batch)
+        return None if entry is None else {"layout": entry.layout, "config": entry.config, "pinned": entry.pinned}
 
     def __call__(self, x, out=None):
         """y (batch, out) = x (batch, in) @ W.T (+ bias), on the current CuPy stream."""

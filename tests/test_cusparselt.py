@@ -201,6 +201,34 @@ def test_auto_layout_keeps_one_plan_per_batch_size(cp):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_pinned_config_plan_matches_and_is_a_candidate(cp, dtype):
+    rng = np.random.default_rng(24)
+    w = to_gpu(cp, weight_24(rng, 256, 512), dtype)
+    x = to_gpu(cp, rng.standard_normal((64, 512)), dtype)
+    expected = reference(cp, x, w)
+    with cslt.SparseMatmul(w, search=True) as op:
+        y = op(x, out=poisoned(cp, (64, 256), dtype))
+        info = op.plan_info(64)
+        assert rel(cp.asnumpy(y.astype(cp.float32)), expected) < TOL[dtype]
+        assert info["layout"] == cslt.DEFAULT_LAYOUTS[0] and info["config"] >= 0 and len(op._res.plans) == 1
+        searched = op._planned(64, info["layout"], x, y)                           # both candidates, run directly
+        pinned = op._planned(64, info["layout"], x, y, config=searched.config)
+        assert pinned.pinned and not searched.pinned and pinned.config == searched.config
+        for entry in (searched, pinned):
+            out = poisoned(cp, (64, 256), dtype)
+            op._run(entry, x, out)
+            assert rel(cp.asnumpy(out.astype(cp.float32)), expected) < TOL[dtype]
+    with cslt.SparseMatmul(w, search=True, pin_config=False) as op:
+        op(x)
+        assert op.plan_info(64)["pinned"] is False and op.plan_info(8) is None
+    with cslt.SparseMatmul(w, search=False) as op:
+        op(x)
+        assert op.plan_info(64) == {"layout": cslt.DEFAULT_LAYOUTS[0], "config": op.plan_info(64)["config"],
+                                    "pinned": False}
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize("layout", [name for name in cslt.LAYOUTS if name.startswith("wA_")])
 def test_bias_in_every_w_a_layout(cp, layout):
     rng = np.random.default_rng(22)
