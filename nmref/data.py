@@ -77,6 +77,16 @@ def load(name, path=None, fast=None, normalize=True):
     return normalized(data) if normalize else data
 
 
+def first_samples(data, n_train=0, n_test=0):
+    """The first ``n_train`` training and ``n_test`` test samples (0: all). MNIST-1D is generated shuffled,
+    so these are random subsets; normalisation statistics stay those of the full training set."""
+    for name, n, have in (("train_samples", n_train, len(data.y_train)), ("test_samples", n_test, len(data.y_test))):
+        if n > have:
+            raise ValueError(f"{name}={n} is more than the {have} samples the dataset has; use 0 for all")
+    train, test = slice(n_train or None), slice(n_test or None)
+    return Dataset(data.x_train[train], data.y_train[train], data.x_test[test], data.y_test[test])
+
+
 def normalized(data):
     """x -> (x - mean) / std per channel, mean and std of the training set (Eq.: x_c = (x_c - mu_c) / s_c)."""
     axes = (0, *range(2, data.x_train.ndim))

@@ -25,7 +25,7 @@ import numpy as np
 
 from . import __version__
 from .backend import DEVICES, to_device, to_host
-from .data import DATASETS, batches, fast_mode, load, num_batches, save_npz_atomic
+from .data import DATASETS, batches, fast_mode, first_samples, load, num_batches, save_npz_atomic
 from .groups import LAYOUTS
 from .losses import softmax_cross_entropy
 from .masks import parse_pattern
@@ -52,6 +52,8 @@ class TrainConfig:
     """Everything that defines a run; None fields get their defaults from ``resolved()``."""
     dataset: str = "mnist1d"            # one of DATASETS
     data_path: str = None               # files of "mnist" / "cifar10" (data.load)
+    train_samples: int = 0              # use the first this many training samples (0: all)
+    test_samples: int = 0               # use the first this many test samples (0: all)
     model: str = None                   # one of MODELS; None: cnn1d for mnist1d, cnn2d otherwise
     method: str = "dense"               # dense | ste | srste | fixed | lbc
     pattern: str = "2:4"                # n:m, n kept of every m
@@ -130,6 +132,10 @@ def validate(config):
         value = getattr(c, field)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             _fail(field, value, "must be an integer >= 1")
+    for field in ("train_samples", "test_samples"):
+        value = getattr(c, field)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            _fail(field, value, "must be an integer >= 0 (0: all samples)")
     if c.stop_after is not None and (not isinstance(c.stop_after, int) or c.stop_after < 1):
         _fail("stop_after", c.stop_after, "must be an integer >= 1 (or None to run to the end)")
     for field in ("lr", "weight_decay", "score_weight_decay"):
@@ -388,7 +394,10 @@ def train(config=None, **overrides):
     if checkpoint.is_file() and not (config.resume or config.overwrite):
         raise FileExistsError(f"{out} already holds a run (checkpoint.npz); pass --resume to continue it, "
                               "--overwrite to start afresh, or another --out")
-    data = load(config.dataset, config.data_path)
+    try:
+        data = first_samples(load(config.dataset, config.data_path), config.train_samples, config.test_samples)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     num_classes = int(max(data.y_train.max(), data.y_test.max())) + 1
     model = model_for(config, data.x_train.shape[1:], num_classes)
     if config.init_from and not config.resume:
@@ -446,7 +455,8 @@ class Loop:
                 bar.close()
         history = run["history"]
         return {"out": config.out, "checkpoint": os.fspath(self.checkpoint), "final": history[-1] if history else None,
-                "history": history, "config": dataclasses.asdict(config), "finished": run["epoch"] == config.epochs}
+                "history": history, "config": dataclasses.asdict(config), "finished": run["epoch"] == config.epochs,
+                "n_train": len(self.y_train), "n_test": len(self.y_test)}
 
     def epoch(self, epoch, bar):
         config, run, model, optimizer = self.config, self.run_state, self.model, self.optimizer

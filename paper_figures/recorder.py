@@ -6,8 +6,6 @@
   the methods' state, and for LBC "lbc/<layer>/alive" (alive combinations per group), "lbc/<layer>/scores"
   (the first ``SCORE_GROUPS`` groups' scores) and, for the first LBC layer, "lbc/<layer>/weight", each
   stacked over the epoch starts plus the end of training (E + 1 snapshots, ``LBC.on_epoch`` wrapped).
-- subsets: ``train_samples`` / ``test_samples`` > 0 use the first that many training / test samples (the
-  MNIST-1D generator shuffles, so they are random subsets; normalisation statistics are the full set's).
 """
 import contextlib
 
@@ -64,33 +62,6 @@ def recording():
         yield snapshots
     finally:
         LBC.on_epoch = original
-
-
-@contextlib.contextmanager
-def subset(n_train, n_test=0):
-    """Inside, nmref.train loads only the first ``n_train`` training and ``n_test`` test samples (0: all);
-    yields a dict that receives the sizes used, "n_train" and "n_test"."""
-    import nmref.train
-    from nmref.data import Dataset
-    original = nmref.train.load
-    sizes = {}
-
-    def load(*args, **kwargs):
-        data = original(*args, **kwargs)
-        for name, n, have in (("train_samples", n_train, len(data.y_train)),
-                              ("test_samples", n_test, len(data.y_test))):
-            if n > have:
-                raise ValueError(f"{name}={n} is more than the {have} samples there are")
-        train, test = slice(n_train or None), slice(n_test or None)
-        data = Dataset(data.x_train[train], data.y_train[train], data.x_test[test], data.y_test[test])
-        sizes.update(n_train=len(data.y_train), n_test=len(data.y_test))
-        return data
-
-    nmref.train.load = load
-    try:
-        yield sizes
-    finally:
-        nmref.train.load = original
 
 
 def section(arrays, prefix):

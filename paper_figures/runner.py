@@ -21,23 +21,15 @@ import numpy as np
 CACHE_DIR = Path(__file__).resolve().parent / "cache"
 RECORD_VERSION = 2                     # bump when what a run records changes
 NOT_IN_KEY = ("out", "progress", "resume", "overwrite", "checkpoint_every", "stop_after", "eval_batch_size")
-EXTRA = {"train_samples": 0, "test_samples": 0}   # spec keys that are not TrainConfig fields (recorder.subset)
 THREAD_VARS = ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
-
-
-def split(spec):
-    """(TrainConfig overrides, extra options) of a run spec."""
-    return ({k: v for k, v in spec.items() if k not in EXTRA},
-            {k: spec.get(k, default) for k, default in EXTRA.items()})
 
 
 def full_config(spec):
     """The complete configuration of a run as a dict (TrainConfig defaults resolved, output-only fields
-    left out, plus the extra options)."""
+    left out)."""
     from nmref.train import TrainConfig
-    overrides, extra = split(spec)
-    config = dataclasses.asdict(TrainConfig(**overrides).resolved())
-    return {**{k: v for k, v in config.items() if k not in NOT_IN_KEY}, **extra}
+    config = dataclasses.asdict(TrainConfig(**spec).resolved())
+    return {k: v for k, v in config.items() if k not in NOT_IN_KEY}
 
 
 def run_key(overrides):
@@ -72,18 +64,16 @@ def record_run(spec, folder):
     """Train one run and write its cache entry into ``folder`` (run.json + arrays.npz)."""
     from nmref.train import TrainConfig, train
     from . import recorder
-    overrides, extra = split(spec)
-    config = TrainConfig(**overrides, out=str(folder / "run"), progress=False, overwrite=True,
-                         checkpoint_every=overrides.get("epochs") or 1_000_000)
+    config = TrainConfig(**spec, out=str(folder / "run"), progress=False, overwrite=True,
+                         checkpoint_every=spec.get("epochs") or 1_000_000)
     start, cpu = time.perf_counter(), time.process_time()
-    with recorder.recording() as snapshots, recorder.subset(extra["train_samples"], extra["test_samples"]) as sizes:
+    with recorder.recording() as snapshots:
         result = train(config)
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     history, arrays, layers = recorder.from_checkpoint(result["checkpoint"], result["history"])
     np.savez(folder / "arrays.npz", **arrays, **snapshots.arrays())
     meta = {"config": full_config(spec), "spec": spec, "history": history, "seconds": seconds, "cpu_seconds": cpu,
-            "layers": layers,
-            **sizes}
+            "layers": layers, "n_train": result["n_train"], "n_test": result["n_test"]}
     (folder / "run.json").write_text(json.dumps(meta, default=_json_default))
     shutil.rmtree(folder / "run", ignore_errors=True)           # the checkpoint is not needed any more
 

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from nmref import train as train_mod
 from nmref.masks import is_nm, nm_mask
-from nmref.train import TrainConfig, lr_factor, read_checkpoint, read_metrics, timing_free, train
+from nmref.train import ConfigError, TrainConfig, lr_factor, read_checkpoint, read_metrics, timing_free, train
 
 QUICK = dict(model="mlp", batch_size=256, progress=False)
 
@@ -262,3 +262,15 @@ def test_loop_matches_pytorch_in_float64(tmp_path, method):
             assert name.endswith("num_batches_tracked")
             continue
         assert np.linalg.norm(ours - value) <= 1e-9 * np.linalg.norm(value), name
+
+
+def test_train_and_test_subsets(tmp_path):
+    from nmref.data import load
+    result = train(TrainConfig(out=str(tmp_path / "sub"), epochs=1, train_samples=300, test_samples=100,
+                               progress=False))
+    assert (result["n_train"], result["n_test"]) == (300, 100)
+    full = load("mnist1d")
+    with pytest.raises(ConfigError, match="train_samples"):
+        train(TrainConfig(out=str(tmp_path / "big"), epochs=1, train_samples=len(full.y_train) + 1, progress=False))
+    with pytest.raises(ConfigError, match="test_samples"):
+        TrainConfig(test_samples=-1).resolved()
