@@ -71,7 +71,24 @@ def execute(nb, fast):
     client = NotebookClient(nb, timeout=CELL_TIMEOUT_S, kernel_name="python3", record_timing=False,
                             resources={"metadata": {"path": str(HERE)}})
     client.execute()
+    coalesce_streams(nb)
     return nb
+
+
+def coalesce_streams(nb):
+    """Merge consecutive stdout / stderr outputs of a cell, so that a rebuild gives the same file however
+    the kernel happened to flush its output."""
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        merged = []
+        for out in cell.outputs:
+            last = merged[-1] if merged else None
+            if last is not None and out.output_type == last.output_type == "stream" and out.name == last.name:
+                last.text += out.text
+            else:
+                merged.append(out)
+        cell.outputs = merged
 
 
 def sources(prefixes):
