@@ -223,15 +223,16 @@ def summarize(runs, env):
              f"PyTorch {env['torch']}, CUDA runtime {env['cuda_runtime']}, driver {env['driver']}; nmref's "
              f"algorithm search {'on' if env.get('search') else 'off (default configuration)'}.", "",
              "M x K x N: M = batch, K = in_features, N = out_features; y = x @ W.T, W (N, K) 2:4 along K. "
-             f"Times in microseconds, median over {len(runs)} repeats of the per-repeat medians; spread = "
-             "(max - min) / median over repeats. Ratios > 1 mean nmref is faster.", ""]
+             f"Times in microseconds, median over the repeats (up to {len(runs)}; a row's count is in its last "
+             "column) of the per-repeat medians; spread = (max - min) / median over repeats. Ratios > 1 mean nmref is "
+             "faster.", ""]
     for mode in ("gpu", "steady"):
         lines += [f"## {mode} time per call" + (" (GPU kernel time, launches queued)" if mode == "gpu" else
                                                   " (back-to-back calls from Python, host overhead included)"), "",
                   "| dtype | M x K x N | cupy dense | nmref cslt | nmref search only | torch cslt | torch dense | "
                   "dense/nmref | search-only/nmref | torch_cslt/nmref | nmref TFLOP/s (dense-equivalent) | "
-                  "spread nmref | spread dense | spread torch cslt | nmref plans kept: pinned config / searched |",
-                  "| --- | --- |" + " ---: |" * 12 + " --- |"]
+                  "spread nmref | spread dense | spread torch cslt | nmref plans kept: pinned config / searched | "
+                  "repeats |", "| --- | --- |" + " ---: |" * 12 + " --- | ---: |"]
         for dtype, shape in keys:
             rows = [r for run in runs for r in run if (r["dtype"], r["shape"]) == (dtype, shape)]
             med, spread = {}, {}
@@ -250,7 +251,7 @@ def summarize(runs, env):
             lines.append(f"| {dtype} | {shape} | {fmt('cupy_dense')} | {fmt('nmref_cslt')} | "
                          f"{fmt('nmref_search_only')} | {fmt('torch_cslt')} | {fmt('torch_dense')} | {ratio('cupy_dense')} | "
                          f"{ratio('nmref_search_only')} | {ratio('torch_cslt')} | {tflops} | {sprd('nmref_cslt')} | "
-                         f"{sprd('cupy_dense')} | {sprd('torch_cslt')} | {pinned} / {len(kept) - pinned} |")
+                         f"{sprd('cupy_dense')} | {sprd('torch_cslt')} | {pinned} / {len(kept) - pinned} | {len(rows)} |")
         lines.append("")
     host = [(r["dtype"], r["shape"], {m: v.get("host_ms") for m, v in r["methods"].items()}) for r in runs[-1]]
     lines += ["## host time per call (last repeat, microseconds, Python enqueue only)", "",
@@ -297,7 +298,7 @@ def main(argv=None):
                          for m, v in r["methods"].items()}
                 print(f"repeat {repeat} {dtype} {shape}: {brief} build {r['build_s']:.2f}s "
                       f"err {max(r['rel_err_vs_first'].values(), default=0):.1e}", flush=True)
-            save(args, env, runs + [run])                   # after every shape: a time-out keeps what was measured
+                save(args, env, runs + [run])               # after every shape: a time-out keeps what was measured
         runs.append(run)
     table = summarize(runs, env)
     print(table)
