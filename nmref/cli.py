@@ -1,6 +1,7 @@
 """The ``nmref`` command: train, figures, and check / golden / export (from nmref.check)."""
 import argparse
 import dataclasses
+import os
 import sys
 from pathlib import Path
 
@@ -212,10 +213,16 @@ def build_parser():
 def main(argv=None):
     """Entry point of the ``nmref`` console script; returns the exit code (2 for bad arguments)."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["figures"]:
-        return run_figures(argparse.Namespace(figure_args=argv[1:]))      # its own options, --help included
-    args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        if argv[:1] == ["figures"]:
+            return run_figures(argparse.Namespace(figure_args=argv[1:]))  # its own options, --help included
+        args = build_parser().parse_args(argv)
+        code = args.func(args)
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:                     # `nmref check ... | head`: the reader left; not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

@@ -101,3 +101,18 @@ def test_progress_bar_and_epoch_lines(tmp_path, capsys):
     text = captured.err + captured.out
     assert "mlp ste 2:4" in text and "lr=" in text and "acc=" in text
     assert "epoch 1/1: train loss" in text and "SAD epoch" in text
+
+
+def test_closed_stdout_is_not_a_traceback(tmp_path):
+    """`nmref check ... | head`: the reader leaving early must not end in a BrokenPipeError traceback."""
+    import subprocess
+    import sys
+    from nmref.golden import write_golden
+    write_golden(tmp_path)
+    proc = subprocess.Popen([sys.executable, "-m", "nmref.cli", "check", str(tmp_path / "masks.npz"),
+                             "--pattern", "2:4", "--all-weights", "--json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()
+    stderr = proc.stderr.read().decode()
+    proc.wait(timeout=120)
+    assert "Traceback" not in stderr and "BrokenPipeError" not in stderr, stderr
