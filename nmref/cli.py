@@ -71,6 +71,8 @@ def add_train_parser(subparsers):
                       help=f"default {d.dataset} (generated locally; the others need --data-path)")
     what.add_argument("--data-path", metavar="PATH", help="MNIST: folder of the 4 IDX .gz files or mnist.npz; "
                                                           "CIFAR-10: the cifar-10-batches-py folder")
+    what.add_argument("--train-samples", type=int, metavar="N", help="use the first N training samples (default all)")
+    what.add_argument("--test-samples", type=int, metavar="N", help="use the first N test samples (default all)")
     what.add_argument("--model", choices=MODELS, help="default cnn1d for mnist1d, cnn2d otherwise")
     what.add_argument("--describe", action="store_true", help="print the model's layer table (which layers are "
                                                               "sparse, layout, method) and exit")

@@ -116,3 +116,12 @@ def test_closed_stdout_is_not_a_traceback(tmp_path):
     stderr = proc.stderr.read().decode()
     proc.wait(timeout=120)
     assert "Traceback" not in stderr and "BrokenPipeError" not in stderr, stderr
+
+
+def test_train_and_test_sample_options(tmp_path, capsys):
+    out = tmp_path / "subset"
+    assert exit_code(["train", *TINY, "--train-samples", "600", "--test-samples", "100", "--out", str(out)]) == 0
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["step"] == 2                                  # 600 samples in batches of 500
+    assert exit_code(["train", *TINY, "--train-samples", "-3", "--out", str(tmp_path / "bad")]) == 2
+    assert "train_samples=-3" in capsys.readouterr().err
