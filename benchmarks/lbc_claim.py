@@ -1,4 +1,4 @@
-"""Do LBC's scores rank combinations by their effect on the loss? (Zhang et al. 2022's claim; ALGORITHMS.md
+"""Do LBC's scores rank combinations by their effect on the loss? (Zhang et al. 2022's claim; docs/algorithms.md
 section 5.) A measurement, not a CI test.
 
 nmref.train's MLP (40-256-256-10, both hidden layers LBC 2:4 or 4:8, strict removal, t_f = half the run) is

@@ -2,7 +2,7 @@
 and reports, per weight tensor, the layout used, density and the groups holding more than n non-zeros.
 
 A tensor complies with n:m (n = kept) when every group of m consecutive weights along the grouped axis has at
-most n non-zeros (ALGORITHMS.md section 0). Layout "auto": 2-D -> "linear" (groups along axis 1 of (out, in)),
+most n non-zeros (docs/algorithms.md section 0). Layout "auto": 2-D -> "linear" (groups along axis 1 of (out, in)),
 3-D / 4-D -> "conv" (groups along Cin of the OIHW weight at fixed (cout, kh, kw), i.e. NHWC grouping).
 Masks stored beside dense weights are applied first (``mask_candidates`` gives the matching rule).
 The JSON report (``SCHEMA_VERSION``) is documented in docs/crosscheck.md.

@@ -1,4 +1,4 @@
-"""2:4 sparse matmul on the GPU through cuSPARSELt: y = x @ W.T (+ bias) (ALGORITHMS.md section 6).
+"""2:4 sparse matmul on the GPU through cuSPARSELt: y = x @ W.T (+ bias) (docs/algorithms.md section 6).
 
 W (out, in) is 2:4 along ``in``; x (batch, in) and y (batch, out) are row-major CuPy arrays, read and written in
 place (no copies). cuSPARSELt computes D = op(A) op(B); a *layout* says how these arrays are described to it:

@@ -1,6 +1,6 @@
 """Weight <-> (G, M) groups of M consecutive weights along the reduction (input) axis.
 
-Layouts (ALGORITHMS.md section 0):
+Layouts (docs/algorithms.md section 0):
   "linear"        weight (out, in): M consecutive input features of one output row.
   "conv"          weight (Cout, Cin, *k): M consecutive input channels at a fixed (cout, *k), i.e. the weight
                   viewed as (Cout, *k, Cin) ("NHWC", NVIDIA ASP and cuSPARSELt). Conv1d weights too.

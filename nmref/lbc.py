@@ -1,4 +1,4 @@
-"""LBC: learning the best combination of kept positions per group (Zhang et al. 2022), ALGORITHMS.md section 5.
+"""LBC: learning the best combination of kept positions per group (Zhang et al. 2022), docs/algorithms.md section 5.
 
 Each group of M weights carries one score per N-subset ("combination") of its positions, alpha (G, C),
 C = C(M, N). A combination is alive while its score is non-zero; position j is kept when the alive scores

@@ -1,4 +1,4 @@
-"""The N:M magnitude mask: n of every m consecutive weights kept (True), ALGORITHMS.md section 1.
+"""The N:M magnitude mask: n of every m consecutive weights kept (True), docs/algorithms.md section 1.
 
 Definition (the NumPy reference below): in each group, a stable ascending sort of |w|; the first m - n
 positions are pruned. Ties: among equal |w| the lower index is pruned first. NaN / inf raise.

@@ -1,7 +1,7 @@
 """SGD with momentum, Nesterov, coupled weight decay and parameter groups (torch.optim.SGD exactly), and
 learning-rate schedules as pure functions of the step that return a factor for ``SGD.set_lr_scale``.
 
-Per parameter, with g its gradient (PyTorch's rule, ALGORITHMS.md section 6b):
+Per parameter, with g its gradient (PyTorch's rule, docs/algorithms.md section 6b):
   g = g + weight_decay * w
   v = g at the first step, then v = momentum * v + g          (dampening 0)
   d = g + momentum * v if nesterov else v                     (d = g without momentum)

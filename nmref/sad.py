@@ -1,4 +1,4 @@
-"""Sparse Architecture Divergence, SAD(E_a, E_b) = ||E_a XOR E_b||_0 (Zhou et al. 2021; ALGORITHMS.md section 4).
+"""Sparse Architecture Divergence, SAD(E_a, E_b) = ||E_a XOR E_b||_0 (Zhou et al. 2021; docs/algorithms.md section 4).
 
 ``SADTracker`` follows the masks of a training run and reports, per layer and for the whole network:
   sad_step    step-to-step flips summed over the epoch: SAD between the forward masks of consecutive

@@ -85,7 +85,7 @@ class Dense(Method):
 
 
 class STE(Method):
-    """N:M magnitude mask recomputed at every forward; straight-through gradient (ALGORITHMS.md section 2).
+    """N:M magnitude mask recomputed at every forward; straight-through gradient (docs/algorithms.md section 2).
 
     ``straddle=True`` lets groups cross rows / kernel positions like the public SR-STE code (groups.py)."""
 

@@ -194,7 +194,7 @@ def band(ax, x, curves, color, label, log=False):
 
 
 # ---- how strong SR-STE's decay is over a run ------------------------------------------------------------
-# The SR-STE paper's ImageNet recipe (ALGORITHMS.md section 3); 1,281,167 ImageNet-1k training images.
+# The SR-STE paper's ImageNet recipe (docs/algorithms.md section 3); 1,281,167 ImageNet-1k training images.
 PAPER_RECIPE = {"n_train": 1281167, "batch_size": 256, "epochs": 120, "warmup_frac": 5 / 120, "lr": 0.1,
                 "momentum": 0.9, "schedule": "cosine"}
 

@@ -1,4 +1,4 @@
-"""LBC (ALGORITHMS.md section 5): table, schedule, mask, gradients (PyTorch and finite differences), removal,
+"""LBC (docs/algorithms.md section 5): table, schedule, mask, gradients (PyTorch and finite differences), removal,
 strict vs faithful, the ranking oracle, freezing, state round trip, large C and bad inputs."""
 import itertools
 import math

@@ -5,7 +5,7 @@
 # **Sparse Architecture Divergence** to measure it. Here we compute SAD, check the bookkeeping by hand,
 # and measure SAD curves for STE and SR-STE with several $\lambda_W$ on a short MNIST-1D run.
 #
-# **The math in a few lines** (Zhou et al. 2021; ALGORITHMS.md, section 4).
+# **The math in a few lines** (Zhou et al. 2021; docs/algorithms.md, section 4).
 # $$\mathrm{SAD}(E_a, E_b) = \| E_a \oplus E_b \|_0,$$
 # the number of weights whose kept/pruned state differs between two masks (a Hamming distance), also
 # reported as a fraction of the weights compared. $\mathrm{SAD}(E,E) = 0$ and it is symmetric. Which two

@@ -5,7 +5,7 @@
 # magnitude at every step, give every possible choice (a *combination*) a learned score, train the scores
 # with the weights, and remove the worst combinations on a schedule until one per group is left.
 #
-# **The math in a few lines** (ALGORITHMS.md, section 5).
+# **The math in a few lines** (docs/algorithms.md, section 5).
 # * **Combinations**: all $N$-subsets of the $M$ positions, as a 0/1 table $I$ of shape $(C, M)$,
 #   $C = \binom{M}{N}$, rows in lexicographic order.
 # * **Scores** $\alpha$ of shape $(G, C)$, one per group and combination, initialised to

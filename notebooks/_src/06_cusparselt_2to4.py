@@ -7,7 +7,7 @@
 # (mask, checks, compression, a reference matmul from the compressed format, fp16 rounding) and explains
 # what the GPU part would do.
 #
-# **The math in a few lines** (ALGORITHMS.md, section 6).
+# **The math in a few lines** (docs/algorithms.md, section 6).
 # * A Linear layer computes $y = x \tilde W^\top + b$ with $\tilde W$ `(out, in)` 2:4 **along `in`**, the
 #   reduction dimension $K$ of the matmul. That is the only direction the Sparse Tensor Cores accept.
 # * cuSPARSELt stores $\tilde W$ as its kept values, a dense `(out, in/2)` matrix, plus 2-bit positions:
