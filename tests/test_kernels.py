@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from strategies import nm_shapes
 
 from nmref import kernels, masks
 from nmref.backend import gpu_available, to_device, to_host
@@ -29,16 +30,7 @@ def special_values(dtype):
 
 @st.composite
 def cases(draw, m_choices=(1, 2, 3, 4, 8, 16)):
-    m = draw(st.sampled_from(m_choices))
-    n = draw(st.integers(1, m))
-    layout = draw(st.sampled_from(["linear", "conv", "nchw_flatten"]))
-    cout = draw(st.integers(1, 4))
-    if layout == "linear":
-        shape = (cout, m * draw(st.integers(1, 3)))
-    elif layout == "conv":
-        shape = (cout, m * draw(st.integers(1, 2)), *draw(st.lists(st.integers(1, 3), min_size=1, max_size=2)))
-    else:
-        shape = (cout, draw(st.integers(1, 3)), m * draw(st.integers(1, 2)))
+    n, m, layout, shape = draw(nm_shapes(m_choices))
     dtype = draw(st.sampled_from(DTYPES))
     rng = np.random.default_rng(draw(st.integers(0, 2**16)))
     kind = draw(st.sampled_from(["normal", "ties", "special"]))

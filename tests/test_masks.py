@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
+from strategies import nm_shapes
 
 import nmref
 from nmref.groups import grouped_shape, to_groups
@@ -21,16 +22,7 @@ SETTINGS = settings(max_examples=30, deadline=None)
 @st.composite
 def cases(draw, max_m=8):
     """(w, n, m, layout): a small weight with the grouped axis divisible by m, values with many ties."""
-    m = draw(st.sampled_from([m for m in (1, 2, 3, 4, 5, 8) if m <= max_m]))
-    n = draw(st.integers(1, m))
-    layout = draw(st.sampled_from(["linear", "conv", "nchw_flatten"]))
-    cout = draw(st.integers(1, 4))
-    if layout == "linear":
-        shape = (cout, m * draw(st.integers(1, 3)))
-    elif layout == "conv":
-        shape = (cout, m * draw(st.integers(1, 2)), *draw(st.lists(st.integers(1, 3), min_size=1, max_size=2)))
-    else:
-        shape = (cout, draw(st.integers(1, 3)), m * draw(st.integers(1, 2)))
+    n, m, layout, shape = draw(nm_shapes([m for m in (1, 2, 3, 4, 5, 8) if m <= max_m]))
     dtype = draw(st.sampled_from([np.float16, np.float32, np.float64]))
     rng = np.random.default_rng(draw(st.integers(0, 2**16)))
     if draw(st.booleans()):
