@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # What the GPU machine runs (the device tool's `run`, with `.whl` carried): install the carried wheels,
 # record the environment, run the GPU tests and benchmarks, leave logs and tables in $OUT.
+#   bash benchmarks/gpu_run.sh mma      benchmarks/gpu_probe_mma_sp.py (nmref's own mma.sp kernel: check + timing sweep)
 #   bash benchmarks/gpu_run.sh cslt     cuSPARSELt tests + the cuSPARSELt benchmark
 #   bash benchmarks/gpu_run.sh full     every test file on both backends + both GPU benchmarks
 #   bash benchmarks/gpu_run.sh tests    every test file only
@@ -62,6 +63,11 @@ run_tests() {      # $1 = log name, rest = pytest args
 }
 
 case "$STAGE" in
+mma)
+    stamp "probe nmref's mma.sp kernel"
+    timeout "${PROBE_TIMEOUT:-480}" python3 benchmarks/gpu_probe_mma_sp.py --jsonl "$OUT/gpu_probe_mma_sp.jsonl" ${PROBE_ARGS:---sweep} 2>&1 | tail -c 200000 > "$OUT/probe_mma_sp.log"
+    tail -5 "$OUT/probe_mma_sp.log"
+    ;;
 probe)
     stamp "probe"
     timeout 300 python3 benchmarks/gpu_probe_cusparselt.py --json "$OUT/gpu_probe.json" 2>&1 | tee "$OUT/probe.log"
