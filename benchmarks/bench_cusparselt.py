@@ -1,4 +1,8 @@
-"""2:4 matmul on the GPU: nmref's cuSPARSELt path vs CuPy dense (cuBLAS) vs PyTorch's torch._cslt_sparse_mm.
+"""2:4 matmul on the GPU: nmref.cusparselt.SparseMatmul vs CuPy dense (cuBLAS) vs PyTorch's torch._cslt_sparse_mm.
+
+nmref = SparseMatmul as shipped: cuSPARSELt, and for batch <= 64 also nmref's own mma.sp kernel, the faster
+kept per batch size; "cuSPARSELt only" and "search only" = SparseMatmul(engines="cusparselt") with and without
+the pinned-config candidate.
 
 Shape M x K x N: M = batch (rows of x), K = in_features, N = out_features; y (M, N) = x (M, K) @ W.T with
 W (N, K) 2:4 along K. Every method gets the same CuPy-allocated inputs (PyTorch through DLPack, no copy),
@@ -33,8 +37,9 @@ SHAPES = {                                  # name: (M batch, K in, N out)
     "32768x4096x11008": (32768, 4096, 11008),
     "32768x11008x4096": (32768, 11008, 4096),
 }
-METHODS = ("cupy_dense", "nmref_cslt", "nmref_search_only", "torch_cslt", "torch_dense")
-ROTATE_BYTES = 256 * 2**20                  # weights + inputs cycled per method: several times the L2
+METHODS = ("cupy_dense", "nmref_cslt", "nmref_cusparselt_only", "nmref_search_only", "torch_cslt", "torch_dense")
+ROTATE_BYTES = 256 * 2**20
+MAX_MMA_BATCH = 64                          # nmref.kernels.sparse_mma.MAX_BATCH (not imported: no CuPy needed here)                  # weights + inputs cycled per method: several times the L2
 
 SPIN = r"""
 extern "C" __global__ void spin(long long cycles) {
@@ -165,8 +170,12 @@ def bench_shape(cp, torch, cslt, timer, name, dtype, iters, seed, search=True):
     ops = [cslt.SparseMatmul(w, search=search) for w in ws]
     build_s = time.perf_counter() - t0
     calls["nmref_cslt"] = lambda i: ops[i](xs[i])
+    ops_cslt = ops_searched = None
+    if m <= MAX_MMA_BATCH:       # where nmref's mma.sp kernel is a candidate: cuSPARSELt alone, for comparison
+        ops_cslt = [cslt.SparseMatmul(w, search=search, engines="cusparselt") for w in ws]
+        calls["nmref_cusparselt_only"] = lambda i: ops_cslt[i](xs[i])
     if search:                   # the searched plan alone, without the pinned-config candidate (round 2 of issue 7)
-        ops_searched = [cslt.SparseMatmul(w, search=True, pin_config=False) for w in ws]
+        ops_searched = [cslt.SparseMatmul(w, search=True, pin_config=False, engines="cusparselt") for w in ws]
         calls["nmref_search_only"] = lambda i: ops_searched[i](xs[i])
     if torch is not None:
         wts, xts = [as_torch(torch, w) for w in ws], [as_torch(torch, x) for x in xs]
@@ -191,7 +200,7 @@ def bench_shape(cp, torch, cslt, timer, name, dtype, iters, seed, search=True):
             results[method] = {"error": f"{type(exc).__name__}: {exc}"}
     plans = [op.plan_info(m) for op in ops]
     del ops, calls
-    ops_searched = None
+    ops_searched = ops_cslt = None
     cp.get_default_memory_pool().free_all_blocks()
     if torch is not None:
         torch.cuda.empty_cache()
@@ -229,10 +238,11 @@ def summarize(runs, env):
     for mode in ("gpu", "steady"):
         lines += [f"## {mode} time per call" + (" (GPU kernel time, launches queued)" if mode == "gpu" else
                                                   " (back-to-back calls from Python, host overhead included)"), "",
-                  "| dtype | M x K x N | cupy dense | nmref cslt | nmref search only | torch cslt | torch dense | "
-                  "dense/nmref | search-only/nmref | torch_cslt/nmref | nmref TFLOP/s (dense-equivalent) | "
-                  "spread nmref | spread dense | spread torch cslt | nmref plans kept: pinned config / searched | "
-                  "repeats |", "| --- | --- |" + " ---: |" * 12 + " --- | ---: |"]
+                  "| dtype | M x K x N | cupy dense | nmref | nmref cuSPARSELt only | nmref search only | torch cslt | "
+                  "torch dense | dense/nmref | dense/cuSPARSELt only | search-only/nmref | torch_cslt/nmref | "
+                  "nmref TFLOP/s (dense-equivalent) | spread nmref | spread dense | spread torch cslt | "
+                  "nmref plans kept: mma_sp / pinned config / searched | repeats |",
+                  "| --- | --- |" + " ---: |" * 14 + " --- | ---: |"]
         for dtype, shape in keys:
             rows = [r for run in runs for r in run if (r["dtype"], r["shape"]) == (dtype, shape)]
             med, spread = {}, {}
@@ -247,11 +257,16 @@ def summarize(runs, env):
             sprd = lambda mth: f"{100 * spread[mth]:.1f}%" if mth in spread else "n/a"
             tflops = f"{rows[0]['flop'] / (med['nmref_cslt'] * 1e-6) / 1e12:.0f}" if "nmref_cslt" in med else "n/a"
             kept = [p for r in rows for p in r.get("nmref_plans", []) if p]
-            pinned = sum(p["pinned"] for p in kept)
+            mma = sum(p.get("engine") == "mma_sp" for p in kept)
+            pinned = sum(bool(p["pinned"]) for p in kept)
+            only = (f"{med['cupy_dense'] / med['nmref_cusparselt_only']:.2f}x"
+                    if "cupy_dense" in med and "nmref_cusparselt_only" in med else "= nmref")
             lines.append(f"| {dtype} | {shape} | {fmt('cupy_dense')} | {fmt('nmref_cslt')} | "
+                         f"{fmt('nmref_cusparselt_only') if 'nmref_cusparselt_only' in med else '= nmref'} | "
                          f"{fmt('nmref_search_only')} | {fmt('torch_cslt')} | {fmt('torch_dense')} | {ratio('cupy_dense')} | "
-                         f"{ratio('nmref_search_only')} | {ratio('torch_cslt')} | {tflops} | {sprd('nmref_cslt')} | "
-                         f"{sprd('cupy_dense')} | {sprd('torch_cslt')} | {pinned} / {len(kept) - pinned} | {len(rows)} |")
+                         f"{only} | {ratio('nmref_search_only')} | {ratio('torch_cslt')} | {tflops} | "
+                         f"{sprd('nmref_cslt')} | {sprd('cupy_dense')} | {sprd('torch_cslt')} | "
+                         f"{mma} / {pinned} / {len(kept) - mma - pinned} | {len(rows)} |")
         lines.append("")
     host = [(r["dtype"], r["shape"], {m: v.get("host_ms") for m, v in r["methods"].items()}) for r in runs[-1]]
     lines += ["## host time per call (last repeat, microseconds, Python enqueue only)", "",

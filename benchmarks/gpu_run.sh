@@ -9,6 +9,8 @@
 #   bash benchmarks/gpu_run.sh notebook NN   execute notebooks/NN_*.ipynb in full mode (wheels in .whl/nb)
 #   bash benchmarks/gpu_run.sh final [NN]    every -m gpu test, notebook NN in full mode (if given), a 1-repeat
 #                                            cuSPARSELt table at 4096x4096 (regression check), fp16 config sweeps
+#   bash benchmarks/gpu_run.sh mma2 [NN]     the mma.sp and cuSPARSELt tests, every other -m gpu test, notebook NN,
+#                                            the cuSPARSELt table at batch 16 and 256 (3 repeats)
 #   bash benchmarks/gpu_run.sh table [NN]    tests/test_cusparselt.py, notebook NN in full mode (if given), the
 #                                            whole cuSPARSELt table over 3 repeats
 # At most 8 files come back from $OUT: the round2 and notebook stages keep to that.
@@ -21,7 +23,7 @@ T0=$(date +%s)
 stamp() { echo "== $(( $(date +%s) - T0 ))s: $*"; }
 
 WHEELS=(.whl/*.whl)
-[ "$STAGE" = notebook ] || [ "$STAGE" = final ] || [ "$STAGE" = table ] && WHEELS+=(.whl/nb/*.whl)
+[ "$STAGE" = notebook ] || [ "$STAGE" = final ] || [ "$STAGE" = table ] || [ "$STAGE" = mma2 ] && WHEELS+=(.whl/nb/*.whl)
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "${WHEELS[@]}" || exit 1
 export PYTHONPATH=/tmp/site:$PWD
 if ! python3 -c "import nvmath.bindings.cusparseLt" 2>/dev/null; then
@@ -130,6 +132,18 @@ final)
         --layouts --budget 90 --dtypes float16 --layout-names wA_wrow_xrow,wB_wcol_xrow --no-nmref \
         --jsonl "$OUT/probe_sweep.jsonl" 2>&1 | tee -a "$OUT/runs.log"
     ;;
+mma2)
+    TEST_TIMEOUT=200 run_tests tests.log tests/test_sparse_mma.py tests/test_cusparselt.py
+    TEST_TIMEOUT=200 run_tests tests.log -m gpu tests --ignore=tests/test_cusparselt.py --ignore=tests/test_sparse_mma.py
+    if [ -n "${2:-}" ]; then
+        stamp "execute notebooks/${2}_* (NMREF_FAST=0)"
+        NMREF_FAST=0 timeout "${NB_TIMEOUT:-150}" python3 notebooks/_build.py "$2" 2>&1 | tee "$OUT/notebook.log"
+        cp notebooks/${2}_*.ipynb "$OUT/"
+    fi
+    stamp "bench_cusparselt, batch 16 and 256 at 4096x4096, 3 repeats"
+    timeout "${BENCH_TIMEOUT:-200}" python3 benchmarks/bench_cusparselt.py --shapes 16x4096x4096,256x4096x4096 \
+        --json "$OUT/gpu_cusparselt_mma.json" --markdown "$OUT/gpu_cusparselt_mma.md" 2>&1 | tee -a "$OUT/runs.log"
+    ;;
 table)
     TEST_TIMEOUT=120 run_tests tests.log tests/test_cusparselt.py
     if [ -n "${2:-}" ]; then
@@ -142,6 +156,6 @@ table)
         --markdown "$OUT/gpu_cusparselt.md" 2>&1 | tee -a "$OUT/runs.log"
     ;;
 *)
-    echo "unknown stage $STAGE (cslt | tests | full | round2 | notebook | final | table)"; exit 2 ;;
+    echo "unknown stage $STAGE (mma | mma2 | cslt | tests | full | round2 | notebook | final | table)"; exit 2 ;;
 esac
 stamp "done"

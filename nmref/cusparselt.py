@@ -36,6 +36,7 @@ LAYOUTS = {      # name: (operand that holds W, W's descriptor order, x's descri
     "wB_wcol_xrow": ("B", "col", "row"), "wB_wcol_xcol": ("B", "col", "col"),
 }
 DEFAULT_LAYOUTS = ("wA_wrow_xrow",)          # candidates when layout=None; several: the fastest per batch size
+ENGINES = ("cusparselt", "mma_sp")           # cuSPARSELt's kernels; nmref's own (nmref/kernels/sparse_mma.py)
 
 
 def _bindings():
@@ -144,6 +145,14 @@ class _Plan:
         self.descs, self.workspace, self.compressed = [], None, None
 
 
+class _KernelPlan:
+    """One batch size's plan on nmref's own mma.sp kernel: a launch shape (TB, R, SK, U, PIPE)."""
+    layout, pinned = None, False
+
+    def __init__(self, config):
+        self.config = tuple(config)
+
+
 class _Resources:
     """The native objects of one SparseMatmul, released in reverse order; safe to release twice."""
 
@@ -178,7 +187,8 @@ class _Resources:
 
 
 class SparseMatmul:
-    """y = x @ W.T (+ bias) for a 2:4 weight W (out, in) on the GPU, through cuSPARSELt.
+    """y = x @ W.T (+ bias) for a 2:4 weight W (out, in) on the GPU, through cuSPARSELt (or nmref's own
+    sparse-tensor-core kernel where that is faster: small batches).
 
     weight: CuPy array (out, in), float16, bfloat16 (ml_dtypes) or int8, C-contiguous, at most 2 non-zeros
     in every group of 4 along ``in``. bias: (out,) or None; it is cast to the output dtype (float32 for int8
@@ -191,7 +201,10 @@ class SparseMatmul:
     None = DEFAULT_LAYOUTS. When a batch size has several candidate plans (layouts, pinned configs), each is
     timed on the first call's operands (L2 flushed, CUDA events) and the fastest is kept; with the search off,
     the first layout's default plan. The bias rides in cuSPARSELt's epilogue, which adds it along D's rows, so
-    a bias limits the candidates to ``wA_*`` layouts.
+    a bias limits the candidates to ``wA_*`` layouts. engines: which kernels may serve a batch size, from
+    ENGINES; None = both where they apply: "cusparselt", and for float16/bfloat16 with in_features a multiple
+    of 32 and batch <= sparse_mma.MAX_BATCH, "mma_sp", nmref's own kernel on the sparse tensor cores
+    (nmref/kernels/sparse_mma.py), whose launch shapes join the timed candidates; ``plan_info`` says which won.
 
     The weight is compressed through each plan into that plan's own buffer. Seen with cuSPARSELt 0.8.0 on an
     H200 (benchmarks/results/gpu_notes.md): the compressed bytes are the same for every plan, yet the algorithm
@@ -202,7 +215,7 @@ class SparseMatmul:
     """
 
     def __init__(self, weight, bias=None, out_dtype=None, search=None, batch_sizes=None, layout=None,
-                 pin_config=True):
+                 pin_config=True, engines=None):
         cupy, lt = _bindings()
         self._cupy, self._lt = cupy, lt
         _check_operand(weight, "weight", cupy)
@@ -213,6 +226,8 @@ class SparseMatmul:
         for batch in batch_sizes or ():
             check_batch(batch, self.dtype)
         self.layouts = _candidate_layouts(layout, bias is not None)
+        self.engines = _candidate_engines(engines, self.dtype, self.in_features, out_dtype_name)
+        self.kernel_errors = {}                       # launch shape -> why it could not run (compile, launch)
         self.search = os.environ.get("NMREF_CUSPARSELT_SEARCH", "1") != "0" if search is None else bool(search)
         self.pin_config = bool(pin_config)
         self.device_id = weight.device.id
@@ -236,6 +251,10 @@ class SparseMatmul:
                                "(pip install nvidia-cusparselt-cu13) and a working CUDA driver") from exc
         self._weight = weight
         self._prune_check(weight)
+        self._packed = None
+        if "mma_sp" in self.engines:
+            from .kernels import sparse_mma
+            self._packed = sparse_mma.PackedWeight(weight, self.bias)
         if batch_sizes is not None:
             for batch in sorted(set(batch_sizes)):
                 self._new_plan(batch)
@@ -368,15 +387,22 @@ class SparseMatmul:
         x = self._scratch((batch, self.in_features), self.dtype) if x is None else x
         y = self._cupy.empty((batch, self.out_features), dtype=self._out_np_dtype) if y is None else y
         entries = []
-        for layout in self.layouts if self.search else self.layouts[:1]:
-            entries.append(self._planned(batch, layout, x, y))
-            if self.search and self.pin_config:
-                entries.append(self._planned(batch, layout, x, y, config=entries[-1].config))
+        if "cusparselt" in self.engines:
+            for layout in self.layouts if self.search else self.layouts[:1]:
+                entries.append(self._planned(batch, layout, x, y))
+                if self.search and self.pin_config:
+                    entries.append(self._planned(batch, layout, x, y, config=entries[-1].config))
+        if self._packed is not None:
+            from .kernels import sparse_mma
+            if batch <= sparse_mma.MAX_BATCH or "cusparselt" not in self.engines:
+                entries += [_KernelPlan(config) for config in sparse_mma.configs_for(batch)]
         if len(entries) > 1:
             times = [self._time(entry, x, y) for entry in entries]
             best = entries[int(np.argmin(times))]
+            if not np.isfinite(min(times)):
+                raise RuntimeError(f"no kernel could run batch={batch}: {self.kernel_errors}")
             for entry in entries:
-                if entry is not best:
+                if entry is not best and not isinstance(entry, _KernelPlan):
                     self._res.drop(entry)
             entries = [best]
         self._plans[batch] = entries[0]
@@ -387,7 +413,15 @@ class SparseMatmul:
         cupy = self._cupy
         stream = cupy.cuda.get_current_stream()
         flush = cupy.cuda.memory.Memory(2 * _l2_bytes(cupy, self.device_id))   # raw cudaMalloc, not the pool
-        self._run(entry, x, y)
+        if isinstance(entry, _KernelPlan):
+            try:
+                self._run(entry, x, y)
+                stream.synchronize()
+            except Exception as exc:                 # e.g. an NVRTC too old for mma.sp::ordered_metadata
+                self.kernel_errors[entry.config] = f"{type(exc).__name__}: {exc}"
+                return float("inf")
+        else:
+            self._run(entry, x, y)
         start, end, times = cupy.cuda.Event(), cupy.cuda.Event(), []
         for _ in range(repeats):
             cupy.cuda.runtime.memsetAsync(flush.ptr, 0, flush.size, stream.ptr)
@@ -403,6 +437,9 @@ class SparseMatmul:
         return (entry.compressed_ptr, x.data.ptr) if entry.w_is_a else (x.data.ptr, entry.compressed_ptr)
 
     def _run(self, entry, x, out):
+        if isinstance(entry, _KernelPlan):
+            self._packed.launch(x, out, entry.config)
+            return
         a, b = self._operands(entry, x)
         self._lt.matmul(self._res.handle, entry.plan, self._alpha.ctypes.data, a, b, self._beta.ctypes.data,
                         out.data.ptr, out.data.ptr, entry.workspace_ptr, self._stream_array().ctypes.data, 1)
@@ -420,14 +457,19 @@ class SparseMatmul:
         return sorted(self._plans)
 
     def layout_for(self, batch):
-        """The layout of the cached plan for ``batch`` (None if there is none yet)."""
+        """The cuSPARSELt layout of the cached plan for ``batch`` (None if there is none yet, or if nmref's own
+        kernel serves it)."""
         entry = self._plans.get(batch)
         return None if entry is None else entry.layout
 
     def plan_info(self, batch):
-        """{"layout", "config", "pinned"} of the cached plan for ``batch`` (None if there is none yet)."""
+        """{"engine", "layout", "config", "pinned"} of the cached plan for ``batch`` (None if there is none yet):
+        engine "cusparselt" (config: cuSPARSELt's config id) or "mma_sp" (config: the launch shape, layout None)."""
         entry = self._plans.get(batch)
-        return None if entry is None else {"layout": entry.layout, "config": entry.config, "pinned": entry.pinned}
+        if entry is None:
+            return None
+        engine = "mma_sp" if isinstance(entry, _KernelPlan) else "cusparselt"
+        return {"engine": engine, "layout": entry.layout, "config": entry.config, "pinned": entry.pinned}
 
     def __call__(self, x, out=None):
         """y (batch, out) = x (batch, in) @ W.T (+ bias), on the current CuPy stream."""
@@ -465,7 +507,7 @@ class SparseMatmul:
         """Release the plans, descriptors, handle and device buffers now (also done when the object goes)."""
         self._finalizer()
         self._plans = {}
-        self._weight = self.bias = None
+        self._weight = self.bias = self._packed = None
 
     def __enter__(self):
         return self
@@ -502,6 +544,22 @@ def _candidate_layouts(layout, has_bias):
         if not names:
             raise ValueError(f"layout {layout!r} puts W in operand B, where cuSPARSELt's epilogue would add the bias "
                              "along the batch; use a 'wA_*' layout with a bias, or add the bias yourself")
+    return names
+
+
+def _candidate_engines(engines, dtype, in_features, out_dtype):
+    """The engines to try, checked: nmref's mma.sp kernel needs float16/bfloat16 in and out and in % 32 == 0."""
+    from .kernels import sparse_mma
+    why = (f"{dtype} inputs" if dtype not in sparse_mma.PTX_TYPES else
+           f"{out_dtype} output from {dtype}" if out_dtype != dtype else
+           sparse_mma.check_shape(None, in_features))
+    if engines is None:
+        return ENGINES if why is None else ("cusparselt",)
+    names = (engines,) if isinstance(engines, str) else tuple(engines)
+    if not names or any(name not in ENGINES for name in names):
+        raise ValueError(f"engines={engines!r} is not known; use None or names from {ENGINES}")
+    if "mma_sp" in names and why is not None:
+        raise ValueError(f"engine 'mma_sp' cannot serve this weight ({why}); use engines=('cusparselt',)")
     return names
 
 

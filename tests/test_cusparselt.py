@@ -174,7 +174,7 @@ def test_every_layout_matches_dense(cp, dtype, layout):
     rng = np.random.default_rng(20)
     for out_features, in_features, batches in [(16, 16, (8,)), (48, 96, (8, 40)), (256, 512, (16, 256))]:
         w = to_gpu(cp, weight_24(rng, out_features, in_features), dtype)          # (out, in)
-        with cslt.SparseMatmul(w, layout=layout) as op:
+        with cslt.SparseMatmul(w, layout=layout, engines="cusparselt") as op:
             for batch in batches:
                 x = to_gpu(cp, rng.standard_normal((batch, in_features)), dtype)  # (batch, in)
                 y = op(x, out=poisoned(cp, (batch, out_features), dtype))         # (batch, out)
@@ -188,14 +188,14 @@ def test_every_layout_matches_dense(cp, dtype, layout):
 def test_auto_layout_keeps_one_plan_per_batch_size(cp):
     rng = np.random.default_rng(21)
     w = to_gpu(cp, weight_24(rng, 128, 256), "float16")
-    with cslt.SparseMatmul(w, layout="auto", search=True) as op:
+    with cslt.SparseMatmul(w, layout="auto", search=True, engines="cusparselt") as op:
         for batch in (16, 64, 16):
             x = to_gpu(cp, rng.standard_normal((batch, 256)), "float16")
             y = op(x, out=poisoned(cp, (batch, 128), "float16"))
             assert rel(cp.asnumpy(y), reference(cp, x, w)) < 1e-3
         assert op.batch_sizes == [16, 64] and op.layout_for(16) in cslt.LAYOUTS
         assert len(op._res.plans) == 2                                           # the other candidates released
-    with cslt.SparseMatmul(w, layout=("wB_wcol_xrow", "wA_wrow_xrow"), search=False) as op:
+    with cslt.SparseMatmul(w, layout=("wB_wcol_xrow", "wA_wrow_xrow"), search=False, engines="cusparselt") as op:
         op(to_gpu(cp, rng.standard_normal((8, 256)), "float16"))
         assert op.layout_for(8) == "wB_wcol_xrow" and op.layout_for(16) is None
 
@@ -207,7 +207,7 @@ def test_pinned_config_plan_matches_and_is_a_candidate(cp, dtype):
     w = to_gpu(cp, weight_24(rng, 256, 512), dtype)
     x = to_gpu(cp, rng.standard_normal((64, 512)), dtype)
     expected = reference(cp, x, w)
-    with cslt.SparseMatmul(w, search=True) as op:
+    with cslt.SparseMatmul(w, search=True, engines="cusparselt") as op:
         y = op(x, out=poisoned(cp, (64, 256), dtype))
         info = op.plan_info(64)
         assert rel(cp.asnumpy(y.astype(cp.float32)), expected) < TOL[dtype]
@@ -219,13 +219,13 @@ def test_pinned_config_plan_matches_and_is_a_candidate(cp, dtype):
             out = poisoned(cp, (64, 256), dtype)
             op._run(entry, x, out)
             assert rel(cp.asnumpy(out.astype(cp.float32)), expected) < TOL[dtype]
-    with cslt.SparseMatmul(w, search=True, pin_config=False) as op:
+    with cslt.SparseMatmul(w, search=True, pin_config=False, engines="cusparselt") as op:
         op(x)
         assert op.plan_info(64)["pinned"] is False and op.plan_info(8) is None
-    with cslt.SparseMatmul(w, search=False) as op:
+    with cslt.SparseMatmul(w, search=False, engines="cusparselt") as op:
         op(x)
-        assert op.plan_info(64) == {"layout": cslt.DEFAULT_LAYOUTS[0], "config": op.plan_info(64)["config"],
-                                    "pinned": False}
+        assert op.plan_info(64) == {"engine": "cusparselt", "layout": cslt.DEFAULT_LAYOUTS[0],
+                                    "config": op.plan_info(64)["config"], "pinned": False}
 
 
 @pytest.mark.gpu
@@ -235,7 +235,7 @@ def test_bias_in_every_w_a_layout(cp, layout):
     w = to_gpu(cp, weight_24(rng, 64, 128), "float16")
     bias = cp.asarray(rng.standard_normal(64).astype(np.float32))
     x = to_gpu(cp, rng.standard_normal((24, 128)), "float16")
-    with cslt.SparseMatmul(w, bias, layout=layout) as op:
+    with cslt.SparseMatmul(w, bias, layout=layout, engines="cusparselt") as op:
         y = op(x, out=poisoned(cp, (24, 64), "float16"))
         assert rel(cp.asnumpy(y), reference(cp, x, w, bias.astype(cp.float16))) < 1e-3
     with pytest.raises(ValueError, match="operand B"):
@@ -378,7 +378,7 @@ def test_resources_are_released(cp):
     rng = np.random.default_rng(8)
     w = to_gpu(cp, weight_24(rng, 32, 32), "float16")
     x = to_gpu(cp, rng.standard_normal((8, 32)), "float16")
-    with cslt.SparseMatmul(w) as op:
+    with cslt.SparseMatmul(w, engines="cusparselt") as op:
         op(x)
         resources = op._res
         assert resources.plans and resources.handle is not None

@@ -228,9 +228,10 @@ def pack(weight, row_tiles=1):
     positions = positions.reshape(out, steps, 8, 2)[:, :, order].reshape(out, steps * 8, 2)
     values = values.reshape(out, steps, 8, 2)[:, :, order].reshape(out, steps * 8, 2)
     pad = tiles * ROW_TILE - out
-    values = xp.concatenate([values, xp.zeros((pad,) + values.shape[1:], values.dtype)]) if pad else values
-    positions = xp.concatenate([positions, xp.zeros((pad,) + positions.shape[1:], positions.dtype)]) if pad \
-        else positions
+    if pad:                                                                      # zero rows keep positions 0, 1
+        values = xp.concatenate([values, xp.zeros((pad,) + values.shape[1:], values.dtype)])
+        filler = xp.broadcast_to(xp.arange(2, dtype=positions.dtype), (pad,) + positions.shape[1:])
+        positions = xp.concatenate([positions, filler])
     halves = xp.ascontiguousarray(values).view(xp.uint16).reshape(tiles, 2, 8, steps, 2, 4, 2)  # T h g S cb t pair
     vals = halves.transpose(0, 3, 2, 5, 4, 1, 6).reshape(tiles, steps, 32, 8)   # (T, S, lane = 4g + t, 8 halves)
     vals = xp.ascontiguousarray(vals).view(xp.uint32)                             # (T, S, 32, 4)
@@ -266,10 +267,12 @@ def unpack(vals, meta, out_features, dtype):
     return dense.transpose(0, 2, 1, 3).reshape(tiles * 16, steps * 32)[:out_features].view(np.dtype(dtype))
 
 
-# (TB, R, SK, U, PIPE) launch shapes timed per batch size; the pack is padded for the largest R
-CONFIGS = ((1, 2, 16, 4, 0), (2, 2, 16, 2, 0), (1, 4, 16, 2, 0), (2, 4, 8, 2, 0), (4, 4, 4, 2, 0),
-           (2, 4, 4, 2, 0), (8, 2, 4, 2, 0), (1, 2, 16, 2, 1), (2, 2, 8, 2, 1), (4, 2, 4, 2, 1))
+# (TB, R, SK, U, PIPE) launch shapes timed per batch size: the best of a sweep of 113 on an H200 at batch 8-64,
+# 4096x4096 (benchmarks/results/gpu_probe_mma_sp_2026-11-21.md). The pack is padded for the largest R.
+CONFIGS = ((1, 2, 32, 2, 0), (1, 2, 16, 2, 0), (1, 4, 16, 1, 0), (2, 2, 16, 1, 0), (1, 4, 8, 1, 0),
+           (2, 4, 8, 1, 0))
 PACK_ROW_TILES = 4
+MAX_BATCH = 64       # above this cuSPARSELt wins (the kernel re-reads x per row block and W per batch block)
 
 
 def configs_for(batch, configs=CONFIGS):

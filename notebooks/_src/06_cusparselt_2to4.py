@@ -143,8 +143,10 @@ plt.show()
 # ## 4. On the GPU: cuSPARSELt vs dense
 # With CuPy, nvmath-python and libcusparseLt installed (`pip install -e '.[gpu]'`) and an Ampere or newer
 # GPU, `nmref.cusparselt.SparseMatmul(w)` runs the library's prune check on $\tilde W$, compresses it once,
-# and on each call reuses a plan (with its algorithm search) cached for the batch size. The cell below
-# then
+# and on each call reuses a plan (with its algorithm search) cached for the batch size. For batches up to 64
+# it also times nmref's own kernel on the sparse tensor cores (`nmref/kernels/sparse_mma.py`: one `mma.sp`
+# instruction per 16x8x32 tile, on a weight packed once in the instruction's fragment order) and keeps
+# whichever is faster; `plan_info(batch)["engine"]` says which. The cell below then
 # 1. checks the trained layer's output against the fp32 CPU product (expect the fp16 error above),
 # 2. times `SparseMatmul` against CuPy's dense fp16 matmul (cuBLAS) on the trained `(256, 256)` weight,
 #    far too small to gain anything, and on a `4096 x 4096` 2:4 weight at several batch sizes, where the
@@ -172,14 +174,15 @@ if ON_GPU:
         big16 = cupy.asarray(big * nmref.nm_mask(big, 2, 4)).astype(cupy.float16)
         for name, weight in [("trained 256x256", w_gpu), ("4096x4096", big16)]:
             with SparseMatmul(weight) as sparse_mm:
-                for batch in ([64, 1024] if name.startswith("trained") else [64, 1024, 8192]):
+                for batch in ([16, 64, 1024] if name.startswith("trained") else [16, 64, 1024, 8192]):
                     xb = cupy.asarray(rng.normal(size=(batch, weight.shape[1])).astype(np.float16))
                     dense_t = benchmark(lambda: xb @ weight.T, n_repeat=50, n_warmup=10).gpu_times.mean()
                     sparse_t = benchmark(lambda: sparse_mm(xb), n_repeat=50, n_warmup=10).gpu_times.mean()
-                    timings.append((f"{name}, batch {batch}", dense_t * 1e6, sparse_t * 1e6))
-        print(f"{'shape':<28}{'dense (us)':>12}{'2:4 (us)':>12}{'speed-up':>10}")
-        for label, d, s in timings:
-            print(f"{label:<28}{d:>12.1f}{s:>12.1f}{d / s:>10.2f}")
+                    engine = sparse_mm.plan_info(batch)["engine"]
+                    timings.append((f"{name}, batch {batch}", dense_t * 1e6, sparse_t * 1e6, engine))
+        print(f"{'shape':<28}{'dense (us)':>12}{'2:4 (us)':>12}{'speed-up':>10}  engine")
+        for label, d, s, engine in timings:
+            print(f"{label:<28}{d:>12.1f}{s:>12.1f}{d / s:>10.2f}  {engine}")
     except RuntimeError as err:
         print("GPU found, but the cuSPARSELt path is unavailable:", err)
 else:
@@ -191,7 +194,7 @@ if timings:
     pos = np.arange(len(labels))
     fig, ax = plt.subplots(figsize=(9, 3.6), layout="constrained")
     ax.bar(pos - 0.2, [t[1] for t in timings], 0.4, label="CuPy dense fp16 (cuBLAS)")
-    ax.bar(pos + 0.2, [t[2] for t in timings], 0.4, label="nmref SparseMatmul 2:4 (cuSPARSELt)")
+    ax.bar(pos + 0.2, [t[2] for t in timings], 0.4, label="nmref SparseMatmul 2:4 (cuSPARSELt or mma.sp)")
     ax.set_xticks(pos, labels, rotation=20, ha="right")
     ax.set_yscale("log")
     ax.set_ylabel("GPU time per call (us)")
