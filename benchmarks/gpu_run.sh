@@ -61,7 +61,7 @@ EOF
 run_tests() {      # $1 = log name, rest = pytest args
     local log=$1; shift
     stamp "pytest $*"
-    timeout "${TEST_TIMEOUT:-420}" python3 -m pytest -q -rs -p no:cacheprovider --continue-on-collection-errors "$@" 2>&1 | tee -a "$OUT/$log"
+    timeout "${TEST_TIMEOUT:-420}" python3 -m pytest -q -rs -p no:cacheprovider -o addopts= --continue-on-collection-errors "$@" 2>&1 | tee -a "$OUT/$log"
 }
 
 case "$STAGE" in

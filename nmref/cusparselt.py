@@ -408,7 +408,7 @@ class SparseMatmul:
         self._plans[batch] = entries[0]
         return entries[0]
 
-    def _time(self, entry, x, y, repeats=5):
+    def _time(self, entry, x, y, repeats=9):
         """Median GPU time of one call (ms), the L2 flushed before each (the weight comes from memory)."""
         cupy = self._cupy
         stream = cupy.cuda.get_current_stream()
