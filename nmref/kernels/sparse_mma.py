@@ -6,19 +6,24 @@ cuBLAS below batch 1024 (benchmarks/results/gpu_notes.md). This kernel streams a
 order the instruction wants it, one 16-byte load per lane per instruction, and keeps the batch in registers.
 
 Packed weight (``pack``), for row tile T (W rows 16T..16T+15) and k-step s (W columns 32s..32s+31):
-  vals[T, s, lane]  (uint32 x 4) the lane's A fragment of the 16x16 compressed tile (kept values, two per
-                    group of 4, in column order): lane = 4g + t holds compressed (row, col) = (g, 2t..2t+1),
-                    (g+8, 2t..2t+1), (g, 2t+8..2t+9), (g+8, 2t+8..2t+9), as in PTX's m16n8k16 A layout;
+  vals[T, s, lane]  (uint32 x 4) the lane's A fragment of the 16x16 compressed tile (two kept values per group
+                    of 4): lane = 4g + t holds compressed (row, col) = (g, 2t..2t+1), (g+8, 2t..2t+1),
+                    (g, 2t+8..2t+9), (g+8, 2t+8..2t+9), as in PTX's m16n8k16 A layout; compressed columns
+                    2j, 2j+1 are the mma's group j, which is W's group GROUP_ORDER[j] of the step;
   meta[T, s, 2g+p]  (uint32) the metadata word of lanes 4g+p, p = 0, 1 (sparsity selector 0): 2-bit positions
                     within their group of 4, little-endian, low half = row g, high half = row g+8, compressed
-                    columns 8p..8p+7 (W columns 32s+16p..32s+16p+15).
+                    columns 8p..8p+7.
+The group order lets lane 4g+t read x with one 16-byte load, x[row][32s+8t, +8) (W's groups 2t, 2t+1), and
+swap half of it with lane t^1 into the B fragment (mma groups t//2 + 2i hold k = 2t + 8i + {0, 1}).
 A group with fewer than two non-zeros keeps its lowest free positions as zeros; positions are ascending.
 Rows are padded with zero tiles to a multiple of the block's row tiles; K must be a multiple of 32.
 
 Launch: a block of SK warps per (16*R rows, 8*TB batch rows); the warps split the k-steps in chunks of U,
 each does R x TB mma.sp per k-step into fp32 accumulators, and the block sums the SK partial results in a
 fixed order (deterministic), adds the bias, rounds once to fp16/bf16 and writes y. CuPy is imported only when
-a kernel is built: this module's text and ``pack`` / ``emulate`` run without a GPU.
+a kernel is built: this module's text, ``pack`` and ``unpack`` run without a GPU. Measured on an H200
+(benchmarks/results/gpu_probe_mma_sp_2026-11-21.md): 1.36-1.39x over dense cuBLAS at batch 16, slower than
+cuSPARSELt from batch 32-64 on (no shared-memory tiling: x is re-read per row block, W per batch block).
 """
 import functools
 
