@@ -152,8 +152,9 @@ def run_train(args):
     from .data import DataError
     from .train import ConfigError, train
     try:
-        config = config_from_args(args).resolved()
-        if getattr(args, "describe", False):
+        describing = getattr(args, "describe", False)
+        config = config_from_args(args).resolved(need_data=not describing)
+        if describing:
             return describe(config)
         result = train(config)
     except (ConfigError, DataError, FileExistsError, FileNotFoundError) as exc:

@@ -88,15 +88,16 @@ class TrainConfig:
     eval_batch_size: int = 1000
     dtype: str = "float32"              # float32 | float64 (weights, activations, gradients)
 
-    def resolved(self):
-        """A copy with model, epochs and out filled in, validated."""
+    def resolved(self, need_data=True):
+        """A copy with model, epochs and out filled in, validated (need_data=False: no data files needed, as
+        for ``nmref train --describe``)."""
         config = dataclasses.replace(self)
         if config.model is None:
             config.model = DEFAULT_MODEL.get(config.dataset, "cnn1d")
         if config.epochs is None:
             config.epochs = FAST_EPOCHS if fast_mode() else DEFAULT_EPOCHS
         config.out = os.fspath(config.default_out() if config.out is None else config.out)
-        validate(config)
+        validate(config, need_data)
         return config
 
     def default_out(self):
@@ -114,7 +115,7 @@ def _fail(field, value, need):
     raise ConfigError(f"{field}={value!r}: {need}")
 
 
-def validate(config):
+def validate(config, need_data=True):
     """Raise ConfigError naming the first bad setting and what it should be."""
     c = config
     choices = (("dataset", DATASETS), ("model", MODELS), ("method", METHODS), ("schedule", SCHEDULES),
@@ -149,7 +150,7 @@ def validate(config):
         _fail("warmup_frac", c.warmup_frac, "must be in [0, 1) (a fraction of the run's steps)")
     if not 0 <= c.label_smoothing < 1:
         _fail("label_smoothing", c.label_smoothing, "must be in [0, 1)")
-    if c.dataset != "mnist1d" and c.data_path is None:
+    if need_data and c.dataset != "mnist1d" and c.data_path is None:
         _fail("data_path", None, f"dataset {c.dataset!r} is read from files: give --data-path "
                                  "(MNIST: folder of the IDX .gz files or mnist.npz; CIFAR-10: cifar-10-batches-py)")
     if c.data_path is not None and not os.path.exists(c.data_path):

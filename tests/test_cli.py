@@ -53,6 +53,13 @@ def test_missing_data_files_exit_2(tmp_path, capsys):
     assert "train-images-idx3-ubyte.gz: no such file" in capsys.readouterr().err
 
 
+def test_describe_needs_no_data_files(capsys):
+    assert exit_code(["train", "--dataset", "mnist", "--model", "cnn2d", "--method", "srste", "--describe"]) == 0
+    assert "conv" in capsys.readouterr().out.lower()
+    assert exit_code(["train", "--dataset", "mnist", "--model", "cnn2d", "--epochs", "1"]) == 2   # training does
+    assert "--data-path" in capsys.readouterr().err
+
+
 def test_describe_prints_the_layer_table(capsys):
     assert exit_code(["train", "--method", "lbc", "--pattern", "4:8", "--describe"]) == 0
     out = capsys.readouterr().out
