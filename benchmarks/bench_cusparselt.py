@@ -28,6 +28,8 @@ import time
 
 import numpy as np
 
+from nmref.kernels.sparse_mma import MAX_BATCH as MAX_MMA_BATCH     # NumPy only: no CuPy needed to import
+
 SHAPES = {                                  # name: (M batch, K in, N out)
     "16x4096x4096": (16, 4096, 4096),
     "256x4096x4096": (256, 4096, 4096),
@@ -38,8 +40,7 @@ SHAPES = {                                  # name: (M batch, K in, N out)
     "32768x11008x4096": (32768, 11008, 4096),
 }
 METHODS = ("cupy_dense", "nmref_cslt", "nmref_cusparselt_only", "nmref_search_only", "torch_cslt", "torch_dense")
-ROTATE_BYTES = 256 * 2**20
-MAX_MMA_BATCH = 64                          # nmref.kernels.sparse_mma.MAX_BATCH (not imported: no CuPy needed here)                  # weights + inputs cycled per method: several times the L2
+ROTATE_BYTES = 256 * 2**20                  # weights + inputs cycled per method: several times the L2
 
 SPIN = r"""
 extern "C" __global__ void spin(long long cycles) {

@@ -272,9 +272,23 @@ def r3_matmul_desc(lt, h, layout, m, ct_in, ct_out, compute):
     return lt.matmul_descriptor_init(h, op_x, op_w, x, w, d, d, compute), False
 
 
+def cold_us(cp, flush, fn, iters):
+    """Median GPU time of fn (us), ``flush`` (a buffer larger than the L2) rewritten before every call."""
+    import statistics
+    fn()
+    starts = [cp.cuda.Event() for _ in range(iters)]
+    ends = [cp.cuda.Event() for _ in range(iters)]
+    for i in range(iters):
+        flush.fill(i & 255)
+        starts[i].record()
+        fn()
+        ends[i].record()
+    ends[-1].synchronize()
+    return statistics.median(cp.cuda.get_elapsed_time(s, e) for s, e in zip(starts, ends)) * 1e3
+
+
 def r3_child(dtype, layout, log_path, deadline):
     """Every item of one (dtype, layout) not yet in log_path; exit code 3 once the CUDA context is dead."""
-    import statistics
     import cupy as cp
     from nvmath.bindings import cusparseLt as lt
     done = set()
@@ -306,16 +320,7 @@ def r3_child(dtype, layout, log_path, deadline):
     w = (w32 * (rank >= 2)).reshape(R3_N, R3_K).astype(npd)      # (N, K) 2:4 along K
 
     def cold(fn, iters):
-        fn()
-        starts = [cp.cuda.Event() for _ in range(iters)]
-        ends = [cp.cuda.Event() for _ in range(iters)]
-        for i in range(iters):
-            flush.fill(i & 255)
-            starts[i].record()
-            fn()
-            ends[i].record()
-        ends[-1].synchronize()
-        return statistics.median(cp.cuda.get_elapsed_time(s, e) for s, e in zip(starts, ends)) * 1e3
+        return cold_us(cp, flush, fn, iters)
 
     def alive():
         try:
@@ -438,7 +443,6 @@ def r3_child(dtype, layout, log_path, deadline):
 
 def r3_nmref_child(dtype, log_path):
     """nmref's SparseMatmul per layout and CuPy dense, timed like the raw items (after the raw ones)."""
-    import statistics
     import cupy as cp
     from nmref import cusparselt as cslt
     npd = cslt.np_dtype(dtype)
@@ -450,16 +454,7 @@ def r3_nmref_child(dtype, log_path):
     log = open(log_path, "a")
 
     def cold(fn, iters=30):
-        fn()
-        starts = [cp.cuda.Event() for _ in range(iters)]
-        ends = [cp.cuda.Event() for _ in range(iters)]
-        for i in range(iters):
-            flush.fill(i & 255)
-            starts[i].record()
-            fn()
-            ends[i].record()
-        ends[-1].synchronize()
-        return statistics.median(cp.cuda.get_elapsed_time(s, e) for s, e in zip(starts, ends)) * 1e3
+        return cold_us(cp, flush, fn, iters)
 
     layouts = list(getattr(cslt, "LAYOUTS", ())) + (["auto"] if hasattr(cslt, "LAYOUTS") else [None])
     for m in R3_BATCHES:
