@@ -8,7 +8,8 @@ which launch shapes beat cuSPARSELt and dense cuBLAS at small batch?
    batch 8..1024 x 4096x4096, dense cuBLAS, nmref.cusparselt.SparseMatmul (cuSPARSELt only), each launch shape
    (--sweep: a wide sweep of launch shapes in fp16, CONFIGS in bf16).
 
-    python benchmarks/gpu_probe_mma_sp.py --jsonl OUT.jsonl [--sweep]
+    python benchmarks/gpu_probe_mma_sp.py --jsonl OUT.jsonl [--sweep | --tiled]
+    python benchmarks/gpu_probe_mma_sp.py --summary OUT.jsonl
 """
 import argparse
 import itertools
@@ -25,10 +26,17 @@ from bench_cusparselt import Timer, random_24, rel  # noqa: E402
 
 from nmref import cusparselt as cslt  # noqa: E402
 from nmref.kernels import sparse_mma as sm  # noqa: E402
+from nmref.kernels import sparse_mma_tiled as smt  # noqa: E402
 
 SWEEP = tuple(c for c in itertools.product((1, 2, 4, 8), (1, 2, 4), (4, 8, 16, 32), (1, 2, 4), (0, 1))
               if sm.shared_bytes(c[0], c[1], c[2]) <= 48 * 1024 and c[0] * c[1] * c[3] * (1 + c[4]) <= 16
               and c[2] * (c[0] + c[1]) <= 96 and c[2] * c[0] * c[1] >= 16)
+TILED_SWEEP = tuple(smt.TiledConfig(*c) for c in
+                    [(8, 2, 16, 2, 4, s) for s in (1, 2, 4)] + [(8, 2, 16, 4, 3, s) for s in (2, 4)] +
+                    [(4, 4, 8, 2, 4, s) for s in (1, 2, 4)] + [(4, 4, 8, 4, 3, s) for s in (2, 4)] +
+                    [(8, 4, 8, 2, 3, s) for s in (1, 2, 4)] + [(8, 2, 8, 2, 4, s) for s in (2, 4)] +
+                    [(8, 2, 8, 4, 3, s) for s in (2, 4)] +
+                    [(4, 2, 16, 2, 4, s) for s in (2, 4)])
 
 
 def swap_meta(meta):
@@ -41,12 +49,16 @@ def swap_meta(meta):
     return out.reshape(meta.shape)
 
 
-def check(cp, emit, configs):
+CHECK_SHAPES = [(16, 4096, 4096), (8, 64, 32), (13, 96, 80), (40, 128, 48), (256, 512, 1000), (3, 32, 16)]
+TILED_CHECK_SHAPES = [(256, 4096, 4096), (3, 32, 16), (13, 96, 80), (130, 64, 48), (200, 512, 1000),
+                      (300, 1024, 272), (1000, 4096, 1000)]
+
+
+def check(cp, emit, configs, shapes=CHECK_SHAPES):
     rng = np.random.default_rng(0)
     for dtype in ("float16", "bfloat16"):
         np_dtype = cslt.np_dtype(dtype)
-        for (m, k, n), bias in itertools.product([(16, 4096, 4096), (8, 64, 32), (13, 96, 80), (40, 128, 48),
-                                                  (256, 512, 1000), (3, 32, 16)], (False, True)):
+        for (m, k, n), bias in itertools.product(shapes, (False, True)):
             w = random_24(cp, n, k, np_dtype, int(rng.integers(1 << 30)))
             w[0, :4] = 0
             x = cp.asarray(rng.standard_normal((m, k)).astype(np.float32)).astype(np_dtype)
@@ -71,7 +83,8 @@ def check(cp, emit, configs):
                 emit(rec)
 
 
-def timing(cp, emit, timer, configs, batches, iters, shape=(4096, 4096), dtypes=("float16", "bfloat16")):
+def timing(cp, emit, timer, configs, batches, iters, shape=(4096, 4096), dtypes=("float16", "bfloat16"),
+           fitting=sm.configs_for):
     n, k = shape
     for dtype in dtypes:
         np_dtype = cslt.np_dtype(dtype)
@@ -90,7 +103,7 @@ def timing(cp, emit, timer, configs, batches, iters, shape=(4096, 4096), dtypes=
             for op in ops:
                 op.close()
             times = {}
-            for config in sm.configs_for(batch, configs):
+            for config in fitting(batch, configs):
                 try:
                     times[str(config)] = timer.measure(lambda i: packs[i].launch(xs[i], outs[i], config),
                                                        n_inputs, iters)["gpu_ms"] * 1e3
@@ -108,13 +121,39 @@ def timing(cp, emit, timer, configs, batches, iters, shape=(4096, 4096), dtypes=
             cp.get_default_memory_pool().free_all_blocks()
 
 
+def summarize(path):
+    """A short table of a probe's records: failed checks, then per dtype and batch the dense, cuSPARSELt and
+    three fastest launch-shape times."""
+    records = [json.loads(line) for line in open(path)]
+    checks = [r for r in records if "check" in r]
+    bad = [r for r in checks if "error" in r or r.get("nan") or not r.get("rel_err", 1) < 1e-2]
+    print(f"checks: {len(checks)}, failed: {len(bad)}")
+    for r in bad[:20]:
+        print("  FAILED", json.dumps(r)[:300])
+    print("| dtype | MxKxN | dense us | cuSPARSELt us | best launch shapes (us) | dense/best | dense/cuSPARSELt |")
+    print("| --- | --- | ---: | ---: | --- | ---: | ---: |")
+    for r in records:
+        if "time" not in r or "best_us" not in r:
+            continue
+        numeric = sorted((t, c) for c, t in r["mma_us"].items() if isinstance(t, float))
+        top = ", ".join(f"{c} {t:.1f}" for t, c in numeric[:3])
+        print(f"| {r['time']} | {r['M']}x{r['K']}x{r['N']} | {r['dense_us']:.1f} | {r['cslt_us']:.1f} | {top} | "
+              f"{r['dense_over_best']:.2f}x | {r['dense_over_cslt']:.2f}x |")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--jsonl", required=True)
+    p.add_argument("--jsonl")
+    p.add_argument("--summary", metavar="JSONL", help="print the table of an earlier probe's records and stop")
     p.add_argument("--sweep", action="store_true", help="time the wide sweep of launch shapes (fp16 and bf16)")
+    p.add_argument("--tiled", action="store_true", help="check and time sparse_mma_tiled's launch shapes instead")
     p.add_argument("--batches", default="8,16,32,64,128,256,1024")
     p.add_argument("--iters", type=int, default=20)
     args = p.parse_args(argv)
+    if args.summary:
+        return summarize(args.summary)
+    if not args.jsonl:
+        p.error("--jsonl is required")
     import cupy as cp
     out = open(args.jsonl, "a")
 
@@ -127,10 +166,16 @@ def main(argv=None):
     t0 = time.time()
     emit({"gpu": cp.cuda.runtime.getDeviceProperties(0)["name"].decode(), "configs": sm.CONFIGS,
           "sweep": len(SWEEP), "date": time.strftime("%Y-%m-%d %H:%M")})
-    check(cp, emit, sm.CONFIGS)
-    emit({"check_s": time.time() - t0})
     timer = Timer(cp)
     batches = [int(b) for b in args.batches.split(",")]
+    if args.tiled:
+        check(cp, emit, TILED_SWEEP, TILED_CHECK_SHAPES)
+        emit({"check_s": time.time() - t0})
+        timing(cp, emit, timer, TILED_SWEEP, batches, args.iters, fitting=lambda batch, configs: configs)
+        emit({"total_s": time.time() - t0})
+        return
+    check(cp, emit, sm.CONFIGS)
+    emit({"check_s": time.time() - t0})
     if args.sweep:                                     # the wide sweep in fp16 (same kernel code for bf16)
         timing(cp, emit, timer, sm.CONFIGS + tuple(c for c in SWEEP if c not in sm.CONFIGS), batches, args.iters,
                dtypes=("float16",))

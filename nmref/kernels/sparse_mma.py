@@ -34,8 +34,9 @@ ROW_TILE = 16                   # W rows per mma.sp (m)
 BATCH_TILE = 8                  # x rows per mma.sp (n)
 PTX_TYPES = {"float16": "f16", "bfloat16": "bf16"}
 GROUP_ORDER = (0, 4, 1, 5, 2, 6, 3, 7)   # W's group of 4 (within a k-step) that feeds the mma's group 0..7
+IDENTITY_ORDER = tuple(range(8))          # sparse_mma_tiled's order (its ldmatrix reads x's k in place)
 
-SOURCE = r"""
+DEVICE_COMMON = r"""
 typedef unsigned int u32;
 typedef unsigned short u16;
 
@@ -67,15 +68,27 @@ __device__ __forceinline__ void mma_sp(float* c, const uint4& a, const u32* b, u
                  : "r"(a.x), "r"(a.y), "r"(a.z), "r"(a.w), "r"(b[0]), "r"(b[1]), "r"(b[2]), "r"(b[3]), "r"(e));
 }
 
+// B fragment from lane (g, t)'s 16 bytes x[row][32 s + 8 t, + 8) (W's groups 2t, 2t+1 of the step): half is swapped
+// with lane t ^ 1, so that lanes 2p, 2p+1 hold the mma's groups p, p+2, p+4, p+6 in order; pack() put W's groups
+// in that same order (GROUP_ORDER).
+__device__ __forceinline__ void b_fragment(u32* b, const uint4& v, bool odd) {
+    const u32 got1 = __shfl_xor_sync(0xffffffffu, odd ? v.x : v.y, 1);
+    const u32 got2 = __shfl_xor_sync(0xffffffffu, odd ? v.z : v.w, 1);
+    b[0] = odd ? got1 : v.x;
+    b[1] = odd ? got2 : v.z;
+    b[2] = odd ? v.y : got1;
+    b[3] = odd ? v.w : got2;
+}
+"""
+
+SOURCE = r"""
 struct Frags {                                              // one chunk of U k-steps of one warp
     uint4 a[U][R];                                         // A fragments (compressed W)
     u32 e[U][R];                                           // metadata words
     u32 b[U][TB][4];                                       // B fragments (x)
 };
 
-// Loads chunk [s0, s0 + U) of k-steps. x: lane (g, t) reads 16 bytes, x[row][32 s + 8 t, + 8) (W's groups 2t, 2t+1
-// of the step), and swaps half with lane t ^ 1, so that lanes 2p, 2p+1 hold the mma's groups p, p+2, p+4, p+6 in
-// order; pack() put W's groups in that same order (GROUP_ORDER).
+// Loads chunk [s0, s0 + U) of k-steps: A fragments and metadata words as packed, x as b_fragment() wants it.
 __device__ __forceinline__ void load_chunk(Frags& f, int s0, const uint4* __restrict__ vals,
         const u32* __restrict__ meta, const u16* __restrict__ x, int tile0, int row0, int k_steps, int M, int K,
         int lane) {
@@ -96,12 +109,7 @@ __device__ __forceinline__ void load_chunk(Frags& f, int s0, const uint4* __rest
             const int row = row0 + 8 * b + g;
             uint4 v = make_uint4(0u, 0u, 0u, 0u);
             if (row < M) v = *(const uint4*)(x + (size_t)row * K + 32 * s + 8 * t);
-            const u32 got1 = __shfl_xor_sync(0xffffffffu, odd ? v.x : v.y, 1);
-            const u32 got2 = __shfl_xor_sync(0xffffffffu, odd ? v.z : v.w, 1);
-            f.b[u][b][0] = odd ? got1 : v.x;
-            f.b[u][b][1] = odd ? got2 : v.z;
-            f.b[u][b][2] = odd ? v.y : got1;
-            f.b[u][b][3] = odd ? v.w : got2;
+            b_fragment(f.b[u][b], v, odd);
         }
     }
 }
@@ -188,7 +196,7 @@ def kernel_source(dtype, tb, r, sk, u, pipe=0):
     chunk, PIPE 1 = the next chunk's loads issued before this chunk's mma."""
     return (f'#define IS_BF16 {int(dtype == "bfloat16")}\n#define PTX_TYPE "{PTX_TYPES[dtype]}"\n'
             f"#define TB {int(tb)}\n#define R {int(r)}\n#define SK {int(sk)}\n#define U {int(u)}\n"
-            f"#define PIPE {int(pipe)}\n{SOURCE}")
+            f"#define PIPE {int(pipe)}\n{DEVICE_COMMON}{SOURCE}")
 
 
 def shared_bytes(tb, r, sk):
@@ -218,9 +226,10 @@ def keep_positions(weight):
     return positions, xp.take_along_axis(groups, positions, axis=2)
 
 
-def pack(weight, row_tiles=1):
+def pack(weight, row_tiles=1, order=GROUP_ORDER):
     """(vals, meta) of a 2:4 weight (out, in) in fragment order (module docstring): vals (T, S, 32, 4) uint32,
-    meta (T, S, 16) uint32, T = out/16 rounded up to a multiple of ``row_tiles``, S = in/32. NumPy or CuPy."""
+    meta (T, S, 16) uint32, T = out/16 rounded up to a multiple of ``row_tiles``, S = in/32; the mma's group j
+    of a k-step is W's group order[j]. NumPy or CuPy."""
     xp = _array_module(weight)
     out, k = weight.shape
     why = check_shape(out, k)
@@ -229,7 +238,7 @@ def pack(weight, row_tiles=1):
     tiles = -(-out // (ROW_TILE * row_tiles)) * row_tiles
     steps = k // K_STEP
     positions, values = keep_positions(weight)                                   # (out, G, 2)
-    order = xp.asarray(GROUP_ORDER)
+    order = xp.asarray(order)
     positions = positions.reshape(out, steps, 8, 2)[:, :, order].reshape(out, steps * 8, 2)
     values = values.reshape(out, steps, 8, 2)[:, :, order].reshape(out, steps * 8, 2)
     pad = tiles * ROW_TILE - out
@@ -246,7 +255,7 @@ def pack(weight, row_tiles=1):
     return vals, xp.ascontiguousarray(meta.transpose(0, 2, 1, 3).reshape(tiles, steps, 16))
 
 
-def unpack(vals, meta, out_features, dtype):
+def unpack(vals, meta, out_features, dtype, order=GROUP_ORDER):
     """The dense (out, in) weight that mma.sp reads from ``pack``'s arrays, walked lane by lane as PTX
     describes the fragments (not by undoing pack's reshapes): the host check of the layout (NumPy)."""
     vals, meta = np.asarray(vals), np.asarray(meta)
@@ -265,7 +274,7 @@ def unpack(vals, meta, out_features, dtype):
                 positions[:, :, g, 8 * t + c] = (word >> (2 * c)) & 3
                 positions[:, :, g + 8, 8 * t + c] = (word >> (16 + 2 * c)) & 3
     dense = np.zeros((tiles, steps, 16, 32), dtype=np.uint16)                    # (T, S, row, k)
-    w_group = np.asarray(GROUP_ORDER)[np.arange(16) // 2]                         # W's group of each column
+    w_group = np.asarray(order)[np.arange(16) // 2]                               # W's group of each column
     for row in range(16):
         k = 4 * w_group[None, None, :] + positions[:, :, row]                    # (T, S, 16)
         np.put_along_axis(dense[:, :, row], k.astype(np.intp), values[:, :, row], axis=2)
@@ -276,7 +285,7 @@ def unpack(vals, meta, out_features, dtype):
 # 4096x4096 (benchmarks/results/gpu_probe_mma_sp_2026-11-21.md). The pack is padded for the largest R.
 CONFIGS = ((1, 2, 32, 2, 0), (1, 2, 16, 2, 0), (1, 4, 16, 1, 0), (2, 2, 16, 1, 0), (1, 4, 8, 1, 0),
            (2, 4, 8, 1, 0))
-PACK_ROW_TILES = 4
+PACK_ROW_TILES = 32  # rows padded to whole blocks of every launch shape here and in sparse_mma_tiled
 MAX_BATCH = 64       # above this cuSPARSELt wins (the kernel re-reads x per row block and W per batch block)
 
 
@@ -302,12 +311,29 @@ class PackedWeight:
         self.out_features, self.in_features = weight.shape
         self.vals, self.meta = pack(weight, PACK_ROW_TILES)            # (T, S, 32, 4), (T, S, 16) uint32
         self.bias = bias
+        self._weight, self._identity = weight, None
+
+    def identity_packed(self):
+        """(vals, meta) in IDENTITY_ORDER for sparse_mma_tiled, packed at the first call."""
+        if self._identity is None:
+            if self._weight is None:
+                raise RuntimeError("the weight was released before the tiled kernel's pack was made")
+            self._identity = pack(self._weight, PACK_ROW_TILES, IDENTITY_ORDER)
+        return self._identity
+
+    def release_weight(self):
+        """Drop the reference to the dense weight (the packs made so far stay)."""
+        self._weight = None
 
     def launch(self, x, out, config):
-        """out (batch, out) = x (batch, in) @ W.T (+ bias) on the current CuPy stream, shape ``config``."""
+        """out (batch, out) = x (batch, in) @ W.T (+ bias) on the current CuPy stream, shape ``config``: a
+        (TB, R, SK, U, PIPE) tuple of this module, or a sparse_mma_tiled.TiledConfig."""
+        if hasattr(config, "split"):
+            from . import sparse_mma_tiled
+            return sparse_mma_tiled.launch(self, x, out, config)
         tb, r, sk = config[:3]
         batch = x.shape[0]
-        grid = (self.vals.shape[0] // r, -(-batch // (BATCH_TILE * tb)))
+        grid = (-(-self.out_features // (ROW_TILE * r)), -(-batch // (BATCH_TILE * tb)))
         bias = x if self.bias is None else self.bias
         compiled(self.dtype, tuple(config))(grid, (32, sk), (
             self.vals, self.meta, x, bias, np.int32(self.bias is not None), out, np.int32(batch),

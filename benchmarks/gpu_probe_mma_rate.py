@@ -1,0 +1,108 @@
+"""How fast can one H200 issue mma.sp (sparse, m16n8k32) and mma (dense, m16n8k16) from registers alone?
+The ceiling for nmref's own kernels (nmref/kernels/sparse_mma*.py), measured with no memory traffic: every
+warp runs CHAINS independent accumulator chains for ITERS rounds. Prints TFLOP/s (dense-equivalent: a 2:4
+m16n8k32 counts 2 x 16 x 8 x 32) per (kind, warps per block, chains).
+
+    python benchmarks/gpu_probe_mma_rate.py [--json OUT.json]
+"""
+import argparse
+import json
+
+from nmref.kernels import sparse_mma
+
+SOURCE = r"""
+extern "C" __global__ void rate(float* out, int iters) {
+    const u32 lane = threadIdx.x & 31;
+    uint4 a = make_uint4(0x3c003c00u ^ lane, 0x3c003c00u, 0x38003800u, 0x3c00bc00u);   // fp16 / bf16 bit noise
+    u32 b[4] = {0x3c003c00u, 0x3800b800u ^ lane, 0x3c003c00u, 0x34003400u};
+    const u32 e = 0x44444444u;                                                         // positions 0, 1
+    float acc[CHAINS][4];
+#pragma unroll
+    for (int c = 0; c < CHAINS; ++c) acc[c][0] = acc[c][1] = acc[c][2] = acc[c][3] = 0.f;
+    for (int i = 0; i < iters; ++i) {
+#pragma unroll
+        for (int c = 0; c < CHAINS; ++c) {
+#if SPARSE
+            mma_sp(acc[c], a, b, e);
+#else
+            asm volatile("mma.sync.aligned.m16n8k16.row.col.f32." PTX_TYPE "." PTX_TYPE ".f32 "
+                         "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+                         : "+f"(acc[c][0]), "+f"(acc[c][1]), "+f"(acc[c][2]), "+f"(acc[c][3])
+                         : "r"(a.x), "r"(a.y), "r"(a.z), "r"(a.w), "r"(b[0]), "r"(b[1]));
+#endif
+        }
+    }
+    float s = 0.f;
+#pragma unroll
+    for (int c = 0; c < CHAINS; ++c) s += acc[c][0] + acc[c][1] + acc[c][2] + acc[c][3];
+    out[blockIdx.x * blockDim.x + threadIdx.x] = s;
+}
+"""
+
+
+def measure(cp, sparse, warps, chains, dtype="float16", iters=4096, blocks_per_sm=1):
+    src = (f'#define IS_BF16 {int(dtype == "bfloat16")}\n#define PTX_TYPE "{sparse_mma.PTX_TYPES[dtype]}"\n'
+           f"#define SPARSE {int(sparse)}\n#define CHAINS {chains}\n{sparse_mma.DEVICE_COMMON}{SOURCE}")
+    kernel = cp.RawKernel(src, "rate")
+    sms = cp.cuda.Device().attributes["MultiProcessorCount"]
+    blocks = sms * blocks_per_sm
+    out = cp.empty(blocks * 32 * warps, dtype=cp.float32)
+    args = (out, cp.int32(iters))
+    kernel((blocks,), (32 * warps,), args)
+    start, end = cp.cuda.Event(), cp.cuda.Event()
+    times = []
+    for _ in range(5):
+        start.record()
+        kernel((blocks,), (32 * warps,), args)
+        end.record()
+        end.synchronize()
+        times.append(cp.cuda.get_elapsed_time(start, end) * 1e-3)
+    seconds = sorted(times)[2]
+    mmas = blocks * warps * chains * iters
+    flop = 2 * 16 * 8 * (32 if sparse else 16) * mmas
+    clocks_per_mma_per_sm = seconds * 1.98e9 / (mmas / sms)
+    return {"kind": "mma.sp m16n8k32" if sparse else "mma m16n8k16", "dtype": dtype, "warps": warps,
+            "blocks_per_sm": blocks_per_sm, "chains": chains, "us": seconds * 1e6, "tflops": flop / seconds / 1e12,
+            "clk_per_mma_per_sm_at_1.98GHz": clocks_per_mma_per_sm}
+
+
+def ncu_target(config, batch=256, size=4096):
+    """Three launches of the tiled kernel at batch x size x size fp16 (for ncu to profile the third)."""
+    import cupy as cp
+    import numpy as np
+
+    from nmref.kernels import sparse_mma_tiled
+    from nmref.masks import nm_mask
+    w = np.random.default_rng(0).standard_normal((size, size)).astype(np.float32)
+    packed = sparse_mma.PackedWeight(cp.asarray(w * nm_mask(w, 2, 4)).astype(cp.float16))
+    x = cp.random.default_rng(1).standard_normal((batch, size), dtype=cp.float32).astype(cp.float16)
+    out = cp.empty((batch, size), cp.float16)
+    for _ in range(3):
+        packed.launch(x, out, sparse_mma_tiled.TiledConfig(*config))
+    cp.cuda.Device().synchronize()
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--json")
+    p.add_argument("--ncu-target", metavar="CONFIG", help="only launch the tiled kernel, e.g. 4,4,8,4,3,2")
+    args = p.parse_args(argv)
+    if args.ncu_target:
+        return ncu_target(tuple(int(v) for v in args.ncu_target.split(",")))
+    import cupy as cp
+    rows = []
+    for sparse in (1, 0):
+        for warps, chains, per_sm in ((4, 8, 1), (4, 16, 1), (8, 8, 1), (8, 16, 1), (16, 8, 1), (8, 8, 2)):
+            rows.append(measure(cp, sparse, warps, chains, blocks_per_sm=per_sm))
+            print(json.dumps(rows[-1]), flush=True)
+    print("| kind | warps x blocks/SM | chains | TFLOP/s (dense-equivalent) | clk per mma per SM |")
+    print("| --- | --- | ---: | ---: | ---: |")
+    for r in rows:
+        print(f"| {r['kind']} | {r['warps']} x {r['blocks_per_sm']} | {r['chains']} | {r['tflops']:.0f} | "
+              f"{r['clk_per_mma_per_sm_at_1.98GHz']:.2f} |")
+    if args.json:
+        json.dump(rows, open(args.json, "w"), indent=1)
+
+
+if __name__ == "__main__":
+    main()

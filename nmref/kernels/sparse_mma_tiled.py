@@ -1,0 +1,275 @@
+"""2:4 matmul y = x @ W.T (+ bias) for batches past sparse_mma's range: the same mma.sp m16n8k32 and packed
+weight, with the block's x and W tiles staged in shared memory.
+
+sparse_mma's kernel keeps the batch in registers and re-reads x for every row block and W for every batch
+block: from batch 32-64 on that traffic, not the tensor cores, sets its time. Here a block of WARPS warps owns
+BM = 16 RW WARPS rows of W (RW row tiles per warp) and BN = 8 NT rows of x, and moves k-steps through STAGES
+shared-memory buffers of KC k-steps each by cp.async (16 bytes a thread, the next stages in flight while the
+warps multiply). A stage holds, for its KC k-steps, the block's A fragments and metadata words as ``pack``
+laid them out (contiguous per row tile) and the x tile, BN rows of 32 KC values whose 16-byte chunks are
+swizzled (chunk q of row n at q ^ 4 (n & 1)) so that the eight lanes of each quarter warp of a B-fragment load
+hit eight different bank groups. Each warp reads its RW A fragments once per k-step and every B fragment
+(one 16-byte load and the lane swap of sparse_mma's b_fragment), and issues RW x NT mma.sp into fp32
+accumulators.
+
+The k-steps split into SPLIT contiguous ranges, one per block of a thread-block cluster (1, 1, SPLIT) (Hopper's
+distributed shared memory): each block leaves its fp32 partial tile in its own shared memory, and block r then
+sums x rows [r BN / SPLIT, (r + 1) BN / SPLIT) of the SPLIT partial tiles in rank order, adds the bias, rounds
+once to fp16/bf16 and writes y. Deterministic (fixed summation order), no workspace, one launch. SPLIT = 1
+needs no cluster (compute capability 8.x); SPLIT > 1 needs 9.0.
+"""
+import functools
+from collections import namedtuple
+
+from . import sparse_mma
+
+TiledConfig = namedtuple("TiledConfig", "warps rw nt kc stages split")
+
+SOURCE = r"""
+constexpr int THREADS = 32 * WARPS;
+constexpr int TILES = WARPS * RW;                      // row tiles (16 W rows each) of the block
+constexpr int BM = 16 * TILES;                         // W rows of the block
+constexpr int BN = 8 * NT;                             // x rows of the block
+constexpr int A_CHUNKS = TILES * KC * 32;              // 16-byte chunks of a stage: A fragments,
+constexpr int E_CHUNKS = TILES * KC * 4;               //   metadata words,
+constexpr int X_CHUNKS = BN * KC * 4;                  //   x tile
+constexpr int STAGE_CHUNKS = A_CHUNKS + E_CHUNKS + X_CHUNKS;
+constexpr int P = BM + 4;                              // row pitch (floats) of the partial tile red[BN][P]
+static_assert(KC % 2 == 0, "the x swizzle needs rows of at least 128 bytes (KC even)");
+static_assert(BN % SPLIT == 0, "each block of the cluster finishes BN / SPLIT x rows");
+
+__device__ __forceinline__ u32 smem_addr(const void* p) { return (u32)__cvta_generic_to_shared(p); }
+
+// 16 bytes global -> shared, or 16 zero bytes if !valid (src-size 0: src is not read)
+__device__ __forceinline__ void cp_async16(uint4* dst, const void* src, bool valid) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;"
+                 :: "r"(smem_addr(dst)), "l"(src), "r"(valid ? 16 : 0) : "memory");
+}
+
+__device__ __forceinline__ int x_chunk(int n, int q) { return n * (KC * 4) + (q ^ (n & 7)); }
+
+// B fragment (32 x 8, k x batch) of batch tile b, k-step u of the stage: lane l gives the address of row
+// 8b + (l & 7), chunk 4u + (l >> 3); lane (g, t) gets x[8b + g][8i + 2t, + 2) in b[i], which is the fragment's
+// k = 2t + 8i + {0, 1} because the tiled pack keeps W's groups in place (IDENTITY_ORDER).
+__device__ __forceinline__ void ldmatrix_x4(u32* b, const uint4* p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(b[0]), "=r"(b[1]), "=r"(b[2]), "=r"(b[3]) : "r"(smem_addr(p)));
+}
+
+// A thread's share of every stage, its addresses worked out once: A_CHUNKS / THREADS chunks of A fragments
+// (row tiles i0 + j THREADS / (32 KC)), the same number of x chunks (rows n0 + j THREADS / (4 KC)), and the
+// metadata chunks c = tid + j THREADS < E_CHUNKS. Chunks of k-steps >= s_end and x rows >= M are zero-filled;
+// the pack's rows are padded to whole blocks (sparse_mma.PACK_ROW_TILES).
+struct StageLoader {
+    const uint4* a_src;                                // chunk j of k-step s: a_src + j A_JUMP k_steps 32 + 32 s
+    const uint4* e_src;                                // meta as uint4, chunk of c = tid: e_src + 4 s
+    const u16* x_src;                                  // x_src + j X_JUMP K + 32 s
+    int a_step, e_step, x_step;                        // k-step of the thread's chunk within a stage
+    int x_dst, x_rows_left;                            // swizzled chunk of j = 0; x rows from n0 to M
+    int k_steps, K;
+
+    static constexpr int A_JUMP = THREADS / (KC * 32), X_JUMP = THREADS / (KC * 4);
+
+    __device__ StageLoader(const uint4* vals, const u32* meta, const u16* x, int tile0, int row0, int M, int K_,
+                           int k_steps_) : k_steps(k_steps_), K(K_) {
+        const int tid = threadIdx.x;
+        a_src = vals + (size_t)(tile0 + tid / (KC * 32)) * k_steps * 32 + tid % (KC * 32);
+        a_step = tid % (KC * 32) / 32;
+        e_src = (const uint4*)(meta + (size_t)(tile0 + tid / (KC * 4)) * k_steps * 16) + tid % (KC * 4);
+        e_step = tid % (KC * 4) / 4;
+        const int n0 = tid / (KC * 4), q0 = tid % (KC * 4);
+        x_src = x + (size_t)(row0 + n0) * K + 8 * q0;
+        x_step = q0 / 4;
+        x_dst = x_chunk(n0, q0);
+        x_rows_left = M - row0 - n0;
+    }
+
+    __device__ __forceinline__ void load(uint4* stage, int s0, int s_end) const {
+        const int tid = threadIdx.x;
+#pragma unroll
+        for (int j = 0; j < A_CHUNKS / THREADS; ++j) {
+            const bool valid = s0 + a_step < s_end;
+            cp_async16(stage + tid + j * THREADS, a_src + ((size_t)j * A_JUMP * k_steps + s0) * 32, valid);
+        }
+#pragma unroll
+        for (int j = 0; j < (E_CHUNKS + THREADS - 1) / THREADS; ++j) {
+            if (E_CHUNKS % THREADS && tid + j * THREADS >= E_CHUNKS) break;
+            const bool valid = s0 + e_step < s_end;
+            cp_async16(stage + A_CHUNKS + tid + j * THREADS,
+                       e_src + ((size_t)j * (THREADS / (KC * 4)) * k_steps * 16 + 16 * s0) / 4, valid);
+        }
+#pragma unroll
+        for (int j = 0; j < X_CHUNKS / THREADS; ++j) {
+            const bool valid = j * X_JUMP < x_rows_left && s0 + x_step < s_end;
+            cp_async16(stage + A_CHUNKS + E_CHUNKS + x_dst + j * THREADS, x_src + (size_t)j * X_JUMP * K + 32 * s0,
+                       valid);
+        }
+    }
+};
+static_assert(A_CHUNKS % THREADS == 0 && X_CHUNKS % THREADS == 0, "every thread copies whole A and x shares");
+static_assert(THREADS % (KC * 32) == 0 && (THREADS / (KC * 4)) % 8 == 0,
+              "a thread's chunks keep their k-step and swizzle from one j to the next");
+
+__device__ __forceinline__ float ld_cluster(u32 addr, int rank) {     // a float of block `rank`'s shared memory
+    u32 remote;
+    float v;
+    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(addr), "r"(rank));
+    asm volatile("ld.shared::cluster.f32 %0, [%1];" : "=f"(v) : "r"(remote) : "memory");
+    return v;
+}
+
+__device__ __forceinline__ void cluster_sync() {
+    asm volatile("barrier.cluster.arrive.release.aligned;\n\tbarrier.cluster.wait.acquire.aligned;" ::: "memory");
+}
+
+#if SPLIT > 1
+#define CLUSTER __cluster_dims__(1, 1, SPLIT)
+#else
+#define CLUSTER
+#endif
+
+extern "C" __global__ void CLUSTER __launch_bounds__(THREADS, 1)
+nm24_mma_sp_tiled(const uint4* __restrict__ vals, const u32* __restrict__ meta, const u16* __restrict__ x,
+                  const u16* __restrict__ bias, int has_bias, u16* __restrict__ y, int M, int N, int K)
+{
+    extern __shared__ uint4 smem[];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int g = lane >> 2, t = lane & 3;
+    const int k_steps = K / 32;
+    const int tile0 = blockIdx.x * TILES, row0 = blockIdx.y * BN;
+    const int rank = blockIdx.z;                       // = the block's rank in its (1, 1, SPLIT) cluster
+    const int per = (k_steps + SPLIT - 1) / SPLIT;
+    const int s_begin = min(k_steps, rank * per), s_end = min(k_steps, s_begin + per);
+    const int chunks = (s_end - s_begin + KC - 1) / KC;
+
+    const StageLoader loader(vals, meta, x, tile0, row0, M, K, k_steps);
+    float acc[RW][NT][4];
+#pragma unroll
+    for (int r = 0; r < RW; ++r)
+#pragma unroll
+        for (int b = 0; b < NT; ++b)
+#pragma unroll
+            for (int i = 0; i < 4; ++i) acc[r][b][i] = 0.f;
+#pragma unroll
+    for (int i = 0; i < STAGES - 1; ++i) {
+        if (i < chunks)
+            loader.load(smem + i * STAGE_CHUNKS, s_begin + i * KC, s_end);
+        asm volatile("cp.async.commit_group;" ::: "memory");
+    }
+    for (int c = 0; c < chunks; ++c) {
+        asm volatile("cp.async.wait_group %0;" :: "n"(STAGES - 2) : "memory");
+        __syncthreads();                               // stage c landed; every warp is done with stage c - 1
+        const int next = c + STAGES - 1;
+        if (next < chunks)
+            loader.load(smem + (next % STAGES) * STAGE_CHUNKS, s_begin + next * KC, s_end);
+        asm volatile("cp.async.commit_group;" ::: "memory");
+
+        const uint4* stage = smem + (c % STAGES) * STAGE_CHUNKS;
+        const uint4* a_frags = stage + warp * RW * KC * 32;                  // [RW][KC][32 lanes]
+        const u32* e_words = (const u32*)(stage + A_CHUNKS) + warp * RW * KC * 16;   // [RW][KC][16]
+        const uint4* xs = stage + A_CHUNKS + E_CHUNKS;                       // [BN][4 KC] swizzled
+        const int steps = min(KC, s_end - (s_begin + c * KC));
+#pragma unroll
+        for (int u = 0; u < KC; ++u) {
+            if (u >= steps) break;
+            uint4 a[RW];
+            u32 e[RW];
+#pragma unroll
+            for (int r = 0; r < RW; ++r) {
+                a[r] = a_frags[(r * KC + u) * 32 + lane];
+                e[r] = e_words[(r * KC + u) * 16 + 2 * g + (t & 1)];
+            }
+#pragma unroll
+            for (int b = 0; b < NT; ++b) {
+                u32 bf[4];
+                ldmatrix_x4(bf, xs + x_chunk(8 * b + (lane & 7), 4 * u + (lane >> 3)));
+#pragma unroll
+                for (int r = 0; r < RW; ++r) mma_sp(acc[r][b], a[r], bf, e[r]);
+            }
+        }
+    }
+    asm volatile("cp.async.wait_group 0;" ::: "memory");
+    __syncthreads();                                   // the stages are free: reuse them for the partial tile
+
+    float* red = (float*)smem;                         // red[x row][W row], pitch P (no bank conflicts)
+#pragma unroll
+    for (int r = 0; r < RW; ++r)
+#pragma unroll
+        for (int b = 0; b < NT; ++b) {
+            float* base = red + (8 * b + 2 * t) * P + 16 * (warp * RW + r) + g;
+            base[0] = acc[r][b][0];
+            base[P] = acc[r][b][1];
+            base[8] = acc[r][b][2];
+            base[P + 8] = acc[r][b][3];
+        }
+#if SPLIT > 1
+    cluster_sync();                                    // every partial tile of the cluster is written
+    const u32 red_addr = smem_addr(red);
+#else
+    __syncthreads();
+#endif
+    constexpr int ROWS = BN / SPLIT;                   // x rows this block finishes
+    for (int i = threadIdx.x; i < ROWS * BM; i += THREADS) {
+        const int b = rank * ROWS + i / BM, n = i % BM;
+        const int row = row0 + b, col = tile0 * 16 + n;
+#if SPLIT > 1
+        float sum = 0.f;
+#pragma unroll
+        for (int w = 0; w < SPLIT; ++w) sum += ld_cluster(red_addr + 4 * (b * P + n), w);
+#else
+        float sum = red[b * P + n];
+#endif
+        if (row < M && col < N) {
+            if (has_bias) sum += to_float(bias[col]);
+            y[(size_t)row * N + col] = from_float(sum);
+        }
+    }
+#if SPLIT > 1
+    cluster_sync();                                    // keep this block's tile alive until the others read it
+#endif
+}
+"""
+
+
+def tile_shape(config):
+    """(BM, BN): the W rows and x rows of one block."""
+    return 16 * config.warps * config.rw, 8 * config.nt
+
+
+def shared_bytes(config):
+    """Dynamic shared memory of one block: the stages, reused for the fp32 partial tile."""
+    bm, bn = tile_shape(config)
+    tiles = config.warps * config.rw
+    stage = 16 * config.kc * (tiles * 32 + tiles * 4 + bn * 4)
+    return max(config.stages * stage, 4 * bn * (bm + 4))
+
+
+@functools.lru_cache(maxsize=None)
+def kernel_source(dtype, config):
+    """The CUDA source for fp16/bf16 and a TiledConfig."""
+    defines = "".join(f"#define {name.upper()} {int(value)}\n" for name, value in config._asdict().items())
+    return (f'#define IS_BF16 {int(dtype == "bfloat16")}\n#define PTX_TYPE "{sparse_mma.PTX_TYPES[dtype]}"\n'
+            f"{defines}{sparse_mma.DEVICE_COMMON}{SOURCE}")
+
+
+@functools.lru_cache(maxsize=None)
+def compiled(dtype, config):
+    """The CuPy RawKernel for fp16/bf16 and a TiledConfig, its dynamic shared-memory limit raised."""
+    import cupy
+    kernel = cupy.RawKernel(kernel_source(dtype, config), "nm24_mma_sp_tiled", options=("--std=c++17",))
+    kernel.max_dynamic_shared_size_bytes = shared_bytes(config)
+    return kernel
+
+
+def launch(packed, x, out, config):
+    """out (batch, out) = x (batch, in) @ W.T (+ bias) for a sparse_mma.PackedWeight, on the current stream."""
+    import numpy as np
+    bm, bn = tile_shape(config)
+    batch = x.shape[0]
+    grid = (-(-packed.out_features // bm), -(-batch // bn), config.split)
+    bias = x if packed.bias is None else packed.bias
+    vals, meta = packed.identity_packed()
+    compiled(packed.dtype, config)(grid, (32 * config.warps,), (
+        vals, meta, x, bias, np.int32(packed.bias is not None), out, np.int32(batch),
+        np.int32(packed.out_features), np.int32(packed.in_features)),
+        shared_mem=shared_bytes(config))
