@@ -66,29 +66,10 @@ def measure(cp, sparse, warps, chains, dtype="float16", iters=4096, blocks_per_s
             "clk_per_mma_per_sm_at_1.98GHz": clocks_per_mma_per_sm}
 
 
-def ncu_target(config, batch=256, size=4096):
-    """Three launches of the tiled kernel at batch x size x size fp16 (for ncu to profile the third)."""
-    import cupy as cp
-    import numpy as np
-
-    from nmref.kernels import sparse_mma_tiled
-    from nmref.masks import nm_mask
-    w = np.random.default_rng(0).standard_normal((size, size)).astype(np.float32)
-    packed = sparse_mma.PackedWeight(cp.asarray(w * nm_mask(w, 2, 4)).astype(cp.float16))
-    x = cp.random.default_rng(1).standard_normal((batch, size), dtype=cp.float32).astype(cp.float16)
-    out = cp.empty((batch, size), cp.float16)
-    for _ in range(3):
-        packed.launch(x, out, sparse_mma_tiled.TiledConfig(*config))
-    cp.cuda.Device().synchronize()
-
-
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--json")
-    p.add_argument("--ncu-target", metavar="CONFIG", help="only launch the tiled kernel, e.g. 4,4,8,4,3,2")
     args = p.parse_args(argv)
-    if args.ncu_target:
-        return ncu_target(tuple(int(v) for v in args.ncu_target.split(",")))
     import cupy as cp
     rows = []
     for sparse in (1, 0):

@@ -8,13 +8,12 @@ which launch shapes beat cuSPARSELt and dense cuBLAS at small batch?
    batch 8..1024 x 4096x4096, dense cuBLAS, nmref.cusparselt.SparseMatmul (cuSPARSELt only), each launch shape
    (--sweep: a wide sweep of launch shapes in fp16, CONFIGS in bf16).
 
-    python benchmarks/gpu_probe_mma_sp.py --jsonl OUT.jsonl [--sweep | --tiled]
+    python benchmarks/gpu_probe_mma_sp.py --jsonl OUT.jsonl [--sweep]
     python benchmarks/gpu_probe_mma_sp.py --summary OUT.jsonl
 """
 import argparse
 import itertools
 import json
-import math
 import os
 import sys
 import time
@@ -26,17 +25,10 @@ from bench_cusparselt import Timer, random_24, rel  # noqa: E402
 
 from nmref import cusparselt as cslt  # noqa: E402
 from nmref.kernels import sparse_mma as sm  # noqa: E402
-from nmref.kernels import sparse_mma_tiled as smt  # noqa: E402
 
 SWEEP = tuple(c for c in itertools.product((1, 2, 4, 8), (1, 2, 4), (4, 8, 16, 32), (1, 2, 4), (0, 1))
               if sm.shared_bytes(c[0], c[1], c[2]) <= 48 * 1024 and c[0] * c[1] * c[3] * (1 + c[4]) <= 16
               and c[2] * (c[0] + c[1]) <= 96 and c[2] * c[0] * c[1] >= 16)
-TILED_SWEEP = tuple(smt.TiledConfig(*c) for c in
-                    [(8, 2, 16, 2, 4, s) for s in (1, 2, 4)] + [(8, 2, 16, 4, 3, s) for s in (2, 4)] +
-                    [(4, 4, 8, 2, 4, s) for s in (1, 2, 4)] + [(4, 4, 8, 4, 3, s) for s in (2, 4)] +
-                    [(8, 4, 8, 2, 3, s) for s in (1, 2, 4)] + [(8, 2, 8, 2, 4, s) for s in (2, 4)] +
-                    [(8, 2, 8, 4, 3, s) for s in (2, 4)] +
-                    [(4, 2, 16, 2, 4, s) for s in (2, 4)])
 
 
 def swap_meta(meta):
@@ -50,11 +42,9 @@ def swap_meta(meta):
 
 
 CHECK_SHAPES = [(16, 4096, 4096), (8, 64, 32), (13, 96, 80), (40, 128, 48), (256, 512, 1000), (3, 32, 16)]
-TILED_CHECK_SHAPES = [(256, 4096, 4096), (3, 32, 16), (13, 96, 80), (130, 64, 48), (200, 512, 1000),
-                      (300, 1024, 272), (1000, 4096, 1000)]
 
 
-def check(cp, emit, configs, shapes=CHECK_SHAPES):
+def check(cp, emit, configs, shapes=CHECK_SHAPES, packer=sm.PackedWeight):
     rng = np.random.default_rng(0)
     for dtype in ("float16", "bfloat16"):
         np_dtype = cslt.np_dtype(dtype)
@@ -64,7 +54,7 @@ def check(cp, emit, configs, shapes=CHECK_SHAPES):
             x = cp.asarray(rng.standard_normal((m, k)).astype(np.float32)).astype(np_dtype)
             b = cp.asarray(rng.standard_normal(n).astype(np.float32)).astype(np_dtype) if bias else None
             ref = x.astype(cp.float32) @ w.astype(cp.float32).T + (0 if b is None else b.astype(cp.float32))
-            packed = sm.PackedWeight(w, b)
+            packed = packer(w, b)
             for config in configs:
                 out = cp.full((m, n), np.nan, dtype=np.float32).astype(np_dtype)
                 try:
@@ -79,18 +69,19 @@ def check(cp, emit, configs, shapes=CHECK_SHAPES):
                         rec["rel_err_swapped_meta"] = rel(cp.asnumpy(out.astype(cp.float32)), cp.asnumpy(ref))
                         packed.meta = saved
                 except Exception as exc:
-                    rec = {"check": dtype, "shape": [m, k, n], "config": config, "error": f"{type(exc).__name__}: {exc}"}
+                    rec = {"check": dtype, "shape": [m, k, n], "config": config,
+                           "error": f"{type(exc).__name__}: {exc}"}
                 emit(rec)
 
 
 def timing(cp, emit, timer, configs, batches, iters, shape=(4096, 4096), dtypes=("float16", "bfloat16"),
-           fitting=sm.configs_for):
+           fitting=sm.configs_for, packer=sm.PackedWeight):
     n, k = shape
     for dtype in dtypes:
         np_dtype = cslt.np_dtype(dtype)
         n_inputs = 8
         ws = [random_24(cp, n, k, np_dtype, 7 + i) for i in range(n_inputs)]
-        packs = [sm.PackedWeight(w) for w in ws]
+        packs = [packer(w) for w in ws]
         for batch in batches:
             xs = [cp.random.default_rng(100 + i).standard_normal((batch, k), dtype=cp.float32).astype(np_dtype)
                   for i in range(n_inputs)]
@@ -146,7 +137,6 @@ def main(argv=None):
     p.add_argument("--jsonl")
     p.add_argument("--summary", metavar="JSONL", help="print the table of an earlier probe's records and stop")
     p.add_argument("--sweep", action="store_true", help="time the wide sweep of launch shapes (fp16 and bf16)")
-    p.add_argument("--tiled", action="store_true", help="check and time sparse_mma_tiled's launch shapes instead")
     p.add_argument("--batches", default="8,16,32,64,128,256,1024")
     p.add_argument("--iters", type=int, default=20)
     args = p.parse_args(argv)
@@ -168,12 +158,6 @@ def main(argv=None):
           "sweep": len(SWEEP), "date": time.strftime("%Y-%m-%d %H:%M")})
     timer = Timer(cp)
     batches = [int(b) for b in args.batches.split(",")]
-    if args.tiled:
-        check(cp, emit, TILED_SWEEP, TILED_CHECK_SHAPES)
-        emit({"check_s": time.time() - t0})
-        timing(cp, emit, timer, TILED_SWEEP, batches, args.iters, fitting=lambda batch, configs: configs)
-        emit({"total_s": time.time() - t0})
-        return
     check(cp, emit, sm.CONFIGS)
     emit({"check_s": time.time() - t0})
     if args.sweep:                                     # the wide sweep in fp16 (same kernel code for bf16)

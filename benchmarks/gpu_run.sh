@@ -2,7 +2,7 @@
 # What the GPU machine runs (the device tool's `run`, with `.whl` carried): install the carried wheels,
 # record the environment, run the GPU tests and benchmarks, leave logs and tables in $OUT.
 #   bash benchmarks/gpu_run.sh mma      benchmarks/gpu_probe_mma_sp.py (nmref's own mma.sp kernel: check + timing sweep)
-#   bash benchmarks/gpu_run.sh tiled    the same for the tiled kernel (sparse_mma_tiled) at batch 64-4096
+#   bash benchmarks/gpu_run.sh tiled    benchmarks/gpu_probe_mma_tiled.py (the tiled mma.sp experiment) at batch 64-4096
 #   bash benchmarks/gpu_run.sh rate     mma.sp / mma issue rate from registers; SASS and ncu of one tiled launch
 #   bash benchmarks/gpu_run.sh cslt     cuSPARSELt tests + the cuSPARSELt benchmark
 #   bash benchmarks/gpu_run.sh full     every test file on both backends + both GPU benchmarks
@@ -68,18 +68,17 @@ run_tests() {      # $1 = log name, rest = pytest args
 
 case "$STAGE" in
 tiled)
-    stamp "probe nmref's tiled mma.sp kernel"
-    timeout "${PROBE_TIMEOUT:-480}" python3 benchmarks/gpu_probe_mma_sp.py --tiled --jsonl "$OUT/gpu_probe_mma_tiled.jsonl" \
+    stamp "probe the tiled mma.sp kernel (an experiment)"
+    timeout "${PROBE_TIMEOUT:-480}" python3 benchmarks/gpu_probe_mma_tiled.py --jsonl "$OUT/gpu_probe_mma_tiled.jsonl" \
         --batches "${PROBE_BATCHES:-64,128,256,512,1024,4096}" 2>&1 | tail -c 200000 > "$OUT/probe_mma_tiled.log"
-    tail -5 "$OUT/probe_mma_tiled.log"
-    python3 benchmarks/gpu_probe_mma_sp.py --summary "$OUT/gpu_probe_mma_tiled.jsonl"
+    grep -v "^{" "$OUT/probe_mma_tiled.log" | tail -20
     ;;
 rate)
     stamp "mma.sp / mma issue rate from registers"
     [ -n "${SKIP_RATE:-}" ] || python3 benchmarks/gpu_probe_mma_rate.py --json "$OUT/mma_rate.json" 2>&1 | tee "$OUT/mma_rate.log"
-    CFG=${TILED_CONFIG:-4,4,8,4,3,2}
+    CFG=${TILED_CONFIG:-8,2,8,4,3,2}
     stamp "SASS of the tiled kernel $CFG"
-    python3 -c "from nmref.kernels import sparse_mma_tiled as t; open('/tmp/k.cu','w').write(t.kernel_source('float16', t.TiledConfig($CFG)))"
+    python3 -c "import sys; sys.path.insert(0, 'benchmarks'); import gpu_probe_mma_tiled as t; open('/tmp/k.cu','w').write(t.kernel_source('float16', t.TiledConfig($CFG)))"
     nvcc -arch=sm_90 -cubin -Xptxas -v -o /tmp/k.cubin /tmp/k.cu && cuobjdump -sass /tmp/k.cubin > "$OUT/tiled.sass"
     grep -o -E "HMMA[.A-Z0-9_]*|LDS[.A-Z0-9_]*|SHFL[.A-Z0-9_]*|LDGSTS[.A-Z0-9_]*|BRA|BAR[.A-Z]*|DEPBAR" "$OUT/tiled.sass" | sort | uniq -c
     stamp "ncu, one launch at 256x4096x4096"
@@ -87,7 +86,7 @@ rate)
         --section SpeedOfLight --section WarpStateStats --section SchedulerStats --section MemoryWorkloadAnalysis \
         --section ComputeWorkloadAnalysis --section Occupancy --section LaunchStats \
         --metrics "regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio" \
-        python3 benchmarks/gpu_probe_mma_rate.py --ncu-target "$CFG" > "$OUT/ncu.txt" 2>&1
+        python3 benchmarks/gpu_probe_mma_tiled.py --ncu-target "$CFG" > "$OUT/ncu.txt" 2>&1
     grep -v "^==PROF==" "$OUT/ncu.txt" | head -150
     ;;
 mma)

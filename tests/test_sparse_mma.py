@@ -31,16 +31,20 @@ def rel(a, b):
 # ---------------------------------------------------------------- any machine
 @settings(max_examples=40, deadline=None)
 @given(tiles=st.integers(1, 5), extra_rows=st.integers(0, 15), steps=st.integers(1, 4), row_tiles=st.sampled_from([1, 2, 4]),
-       n_keep=st.sampled_from([0, 1, 2]), ties=st.booleans(), seed=st.integers(0, 2**31 - 1))
-def test_pack_is_read_back_by_the_fragment_walk(tiles, extra_rows, steps, row_tiles, n_keep, ties, seed):
+       n_keep=st.sampled_from([0, 1, 2]), ties=st.booleans(), seed=st.integers(0, 2**31 - 1),
+       order=st.sampled_from([sm.GROUP_ORDER, tuple(range(8)), None]))
+def test_pack_is_read_back_by_the_fragment_walk(tiles, extra_rows, steps, row_tiles, n_keep, ties, seed, order):
     rng = np.random.default_rng(seed)
     out_features = 16 * tiles - (extra_rows if tiles > 1 else 0)
     w = weight_24(rng, out_features, 32 * steps, ties, n_keep).astype(np.float16)       # (out, in)
-    vals, meta = sm.pack(w, row_tiles)
+    order = tuple(rng.permutation(8)) if order is None else order                      # any group order
+    vals, meta = sm.pack(w, row_tiles, order)
     n_tiles = -(-out_features // (16 * row_tiles)) * row_tiles
     assert vals.shape == (n_tiles, steps, 32, 4) and meta.shape == (n_tiles, steps, 16)
     assert vals.dtype == np.uint32 and meta.dtype == np.uint32
-    assert np.array_equal(sm.unpack(vals, meta, out_features, np.float16), w)
+    assert np.array_equal(sm.unpack(vals, meta, out_features, np.float16, order), w)
+    if order != sm.GROUP_ORDER:                                  # the order is honoured, not ignored
+        assert not np.array_equal(sm.unpack(vals, meta, out_features, np.float16), w) or not w.any()
     nibbles = (meta[..., None] >> (4 * np.arange(8, dtype=np.uint32))) & 0xF            # per group: p0 | p1 << 2
     assert np.all((nibbles & 3) < (nibbles >> 2))                                       # ascending positions
 

@@ -34,7 +34,6 @@ ROW_TILE = 16                   # W rows per mma.sp (m)
 BATCH_TILE = 8                  # x rows per mma.sp (n)
 PTX_TYPES = {"float16": "f16", "bfloat16": "bf16"}
 GROUP_ORDER = (0, 4, 1, 5, 2, 6, 3, 7)   # W's group of 4 (within a k-step) that feeds the mma's group 0..7
-IDENTITY_ORDER = tuple(range(8))          # sparse_mma_tiled's order (its ldmatrix reads x's k in place)
 
 DEVICE_COMMON = r"""
 typedef unsigned int u32;
@@ -67,7 +66,9 @@ __device__ __forceinline__ void mma_sp(float* c, const uint4& a, const u32* b, u
                  : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
                  : "r"(a.x), "r"(a.y), "r"(a.z), "r"(a.w), "r"(b[0]), "r"(b[1]), "r"(b[2]), "r"(b[3]), "r"(e));
 }
+"""
 
+SOURCE = r"""
 // B fragment from lane (g, t)'s 16 bytes x[row][32 s + 8 t, + 8) (W's groups 2t, 2t+1 of the step): half is swapped
 // with lane t ^ 1, so that lanes 2p, 2p+1 hold the mma's groups p, p+2, p+4, p+6 in order; pack() put W's groups
 // in that same order (GROUP_ORDER).
@@ -79,9 +80,7 @@ __device__ __forceinline__ void b_fragment(u32* b, const uint4& v, bool odd) {
     b[2] = odd ? v.y : got1;
     b[3] = odd ? v.w : got2;
 }
-"""
 
-SOURCE = r"""
 struct Frags {                                              // one chunk of U k-steps of one warp
     uint4 a[U][R];                                         // A fragments (compressed W)
     u32 e[U][R];                                           // metadata words
@@ -285,7 +284,7 @@ def unpack(vals, meta, out_features, dtype, order=GROUP_ORDER):
 # 4096x4096 (benchmarks/results/gpu_probe_mma_sp_2026-11-21.md). The pack is padded for the largest R.
 CONFIGS = ((1, 2, 32, 2, 0), (1, 2, 16, 2, 0), (1, 4, 16, 1, 0), (2, 2, 16, 1, 0), (1, 4, 8, 1, 0),
            (2, 4, 8, 1, 0))
-PACK_ROW_TILES = 32  # rows padded to whole blocks of every launch shape here and in sparse_mma_tiled
+PACK_ROW_TILES = 4
 MAX_BATCH = 64       # above this cuSPARSELt wins (the kernel re-reads x per row block and W per batch block)
 
 
@@ -311,29 +310,12 @@ class PackedWeight:
         self.out_features, self.in_features = weight.shape
         self.vals, self.meta = pack(weight, PACK_ROW_TILES)            # (T, S, 32, 4), (T, S, 16) uint32
         self.bias = bias
-        self._weight, self._identity = weight, None
-
-    def identity_packed(self):
-        """(vals, meta) in IDENTITY_ORDER for sparse_mma_tiled, packed at the first call."""
-        if self._identity is None:
-            if self._weight is None:
-                raise RuntimeError("the weight was released before the tiled kernel's pack was made")
-            self._identity = pack(self._weight, PACK_ROW_TILES, IDENTITY_ORDER)
-        return self._identity
-
-    def release_weight(self):
-        """Drop the reference to the dense weight (the packs made so far stay)."""
-        self._weight = None
 
     def launch(self, x, out, config):
-        """out (batch, out) = x (batch, in) @ W.T (+ bias) on the current CuPy stream, shape ``config``: a
-        (TB, R, SK, U, PIPE) tuple of this module, or a sparse_mma_tiled.TiledConfig."""
-        if hasattr(config, "split"):
-            from . import sparse_mma_tiled
-            return sparse_mma_tiled.launch(self, x, out, config)
+        """out (batch, out) = x (batch, in) @ W.T (+ bias) on the current CuPy stream, shape ``config``."""
         tb, r, sk = config[:3]
         batch = x.shape[0]
-        grid = (-(-self.out_features // (ROW_TILE * r)), -(-batch // (BATCH_TILE * tb)))
+        grid = (self.vals.shape[0] // r, -(-batch // (BATCH_TILE * tb)))
         bias = x if self.bias is None else self.bias
         compiled(self.dtype, tuple(config))(grid, (32, sk), (
             self.vals, self.meta, x, bias, np.int32(self.bias is not None), out, np.int32(batch),

@@ -1,29 +1,55 @@
-"""2:4 matmul y = x @ W.T (+ bias) for batches past sparse_mma's range: the same mma.sp m16n8k32 and packed
-weight, with the block's x and W tiles staged in shared memory.
+"""Probe of a tiled 2:4 kernel for batches past sparse_mma's range (an experiment, not part of nmref): the same
+mma.sp m16n8k32 as nmref/kernels/sparse_mma.py, with the block's x and W tiles staged in shared memory.
+Measured on an H200 (benchmarks/results/gpu_probe_mma_tiled_2026-11-21.md, gpu_notes.md "Round 4"): right on
+every check, but 1.7x slower than cuSPARSELt at 256x4096x4096 and 2.2x slower at 4096^3, so nmref does not
+ship it; gpu_probe_mma_rate.py measures the instruction's ceiling.
 
-sparse_mma's kernel keeps the batch in registers and re-reads x for every row block and W for every batch
-block: from batch 32-64 on that traffic, not the tensor cores, sets its time. Here a block of WARPS warps owns
+The kernel. sparse_mma's kernel keeps the batch in registers and re-reads x for every row block and W for
+every batch block: from batch 32-64 on that traffic sets its time. Here a block of WARPS warps owns
 BM = 16 RW WARPS rows of W (RW row tiles per warp) and BN = 8 NT rows of x, and moves k-steps through STAGES
-shared-memory buffers of KC k-steps each by cp.async (16 bytes a thread, the next stages in flight while the
-warps multiply). A stage holds, for its KC k-steps, the block's A fragments and metadata words as ``pack``
-laid them out (contiguous per row tile) and the x tile, BN rows of 32 KC values whose 16-byte chunks are
-swizzled (chunk q of row n at q ^ 4 (n & 1)) so that the eight lanes of each quarter warp of a B-fragment load
-hit eight different bank groups. Each warp reads its RW A fragments once per k-step and every B fragment
-(one 16-byte load and the lane swap of sparse_mma's b_fragment), and issues RW x NT mma.sp into fp32
-accumulators.
+shared-memory buffers of KC k-steps each by cp.async (16 bytes a thread, every address worked out once per
+thread). A stage holds, for its KC k-steps, the block's A fragments and metadata words as ``pack`` laid them
+out (contiguous per row tile) and the x tile, BN rows of 32 KC values whose 16-byte chunks are swizzled
+(chunk q of row n at q ^ (n & 7)) so that each 8x8 matrix of an ldmatrix hits eight different bank groups.
+Each warp reads its RW A fragments once per k-step and every B fragment with one ldmatrix.x4 (W's groups are
+packed in place, IDENTITY_ORDER, so x needs no lane swap), and issues RW x NT mma.sp into fp32 accumulators.
 
 The k-steps split into SPLIT contiguous ranges, one per block of a thread-block cluster (1, 1, SPLIT) (Hopper's
 distributed shared memory): each block leaves its fp32 partial tile in its own shared memory, and block r then
 sums x rows [r BN / SPLIT, (r + 1) BN / SPLIT) of the SPLIT partial tiles in rank order, adds the bias, rounds
 once to fp16/bf16 and writes y. Deterministic (fixed summation order), no workspace, one launch. SPLIT = 1
 needs no cluster (compute capability 8.x); SPLIT > 1 needs 9.0.
+
+    python benchmarks/gpu_probe_mma_tiled.py --jsonl OUT.jsonl [--batches 64,256,4096]
+    python benchmarks/gpu_probe_mma_tiled.py --ncu-target 8,2,8,4,3,2     (three launches, for ncu)
+    python benchmarks/gpu_probe_mma_sp.py --summary OUT.jsonl
 """
+import argparse
 import functools
+import json
+import os
+import sys
+import time
 from collections import namedtuple
 
-from . import sparse_mma
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_cusparselt import Timer  # noqa: E402
+from gpu_probe_mma_sp import check, summarize, timing  # noqa: E402
+
+from nmref.kernels import sparse_mma  # noqa: E402
 
 TiledConfig = namedtuple("TiledConfig", "warps rw nt kc stages split")
+IDENTITY_ORDER = tuple(range(8))       # W's groups in place: ldmatrix reads x's k in place
+PACK_ROW_TILES = 32                    # rows padded to whole blocks of every launch shape
+SWEEP = tuple(TiledConfig(*c) for c in
+              [(8, 2, 16, 2, 4, s) for s in (1, 2, 4)] + [(8, 2, 16, 4, 3, s) for s in (2, 4)] +
+              [(4, 4, 8, 2, 4, s) for s in (1, 2, 4)] + [(4, 4, 8, 4, 3, s) for s in (2, 4)] +
+              [(8, 4, 8, 2, 3, s) for s in (1, 2, 4)] + [(8, 2, 8, 2, 4, s) for s in (2, 4)] +
+              [(8, 2, 8, 4, 3, s) for s in (2, 4)] + [(4, 2, 16, 2, 4, s) for s in (2, 4)])
+CHECK_SHAPES = [(256, 4096, 4096), (3, 32, 16), (13, 96, 80), (130, 64, 48), (200, 512, 1000), (300, 1024, 272),
+                (1000, 4096, 1000)]
 
 SOURCE = r"""
 constexpr int THREADS = 32 * WARPS;
@@ -59,7 +85,7 @@ __device__ __forceinline__ void ldmatrix_x4(u32* b, const uint4* p) {
 // A thread's share of every stage, its addresses worked out once: A_CHUNKS / THREADS chunks of A fragments
 // (row tiles i0 + j THREADS / (32 KC)), the same number of x chunks (rows n0 + j THREADS / (4 KC)), and the
 // metadata chunks c = tid + j THREADS < E_CHUNKS. Chunks of k-steps >= s_end and x rows >= M are zero-filled;
-// the pack's rows are padded to whole blocks (sparse_mma.PACK_ROW_TILES).
+// the pack's rows are padded to whole blocks (PACK_ROW_TILES).
 struct StageLoader {
     const uint4* a_src;                                // chunk j of k-step s: a_src + j A_JUMP k_steps 32 + 32 s
     const uint4* e_src;                                // meta as uint4, chunk of c = tid: e_src + 4 s
@@ -231,6 +257,7 @@ nm24_mma_sp_tiled(const uint4* __restrict__ vals, const u32* __restrict__ meta, 
 """
 
 
+
 def tile_shape(config):
     """(BM, BN): the W rows and x rows of one block."""
     return 16 * config.warps * config.rw, 8 * config.nt
@@ -261,15 +288,71 @@ def compiled(dtype, config):
     return kernel
 
 
-def launch(packed, x, out, config):
-    """out (batch, out) = x (batch, in) @ W.T (+ bias) for a sparse_mma.PackedWeight, on the current stream."""
-    import numpy as np
-    bm, bn = tile_shape(config)
-    batch = x.shape[0]
-    grid = (-(-packed.out_features // bm), -(-batch // bn), config.split)
-    bias = x if packed.bias is None else packed.bias
-    vals, meta = packed.identity_packed()
-    compiled(packed.dtype, config)(grid, (32 * config.warps,), (
-        vals, meta, x, bias, np.int32(packed.bias is not None), out, np.int32(batch),
-        np.int32(packed.out_features), np.int32(packed.in_features)),
-        shared_mem=shared_bytes(config))
+
+class TiledPacked:
+    """A 2:4 weight (out, in) packed for the tiled kernel (IDENTITY_ORDER, rows padded to PACK_ROW_TILES tiles)."""
+
+    def __init__(self, weight, bias=None):
+        self.dtype = np.dtype(weight.dtype).name
+        self.out_features, self.in_features = weight.shape
+        self.vals, self.meta = sparse_mma.pack(weight, PACK_ROW_TILES, IDENTITY_ORDER)
+        self.bias = bias
+
+    def launch(self, x, out, config):
+        """out (batch, out) = x (batch, in) @ W.T (+ bias) on the current CuPy stream."""
+        bm, bn = tile_shape(config)
+        batch = x.shape[0]
+        grid = (-(-self.out_features // bm), -(-batch // bn), config.split)
+        bias = x if self.bias is None else self.bias
+        compiled(self.dtype, config)(grid, (32 * config.warps,), (
+            self.vals, self.meta, x, bias, np.int32(self.bias is not None), out, np.int32(batch),
+            np.int32(self.out_features), np.int32(self.in_features)), shared_mem=shared_bytes(config))
+
+
+def ncu_target(config, batch=256, size=4096):
+    """Three launches at batch x size x size fp16 (for ncu to profile the third)."""
+    import cupy as cp
+
+    from nmref.masks import nm_mask
+    w = np.random.default_rng(0).standard_normal((size, size)).astype(np.float32)
+    packed = TiledPacked(cp.asarray(w * nm_mask(w, 2, 4)).astype(cp.float16))
+    x = cp.random.default_rng(1).standard_normal((batch, size), dtype=cp.float32).astype(cp.float16)
+    out = cp.empty((batch, size), cp.float16)
+    for _ in range(3):
+        packed.launch(x, out, TiledConfig(*config))
+    cp.cuda.Device().synchronize()
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--jsonl")
+    p.add_argument("--batches", default="64,128,256,512,1024,4096")
+    p.add_argument("--iters", type=int, default=20)
+    p.add_argument("--ncu-target", metavar="CONFIG", help="only launch one launch shape, e.g. 8,2,8,4,3,2")
+    args = p.parse_args(argv)
+    if args.ncu_target:
+        return ncu_target(tuple(int(v) for v in args.ncu_target.split(",")))
+    if not args.jsonl:
+        p.error("--jsonl is required")
+    import cupy as cp
+    out = open(args.jsonl, "a")
+
+    def emit(rec):
+        line = json.dumps(rec)
+        print(line[:400], flush=True)
+        out.write(line + "\n")
+        out.flush()
+
+    t0 = time.time()
+    emit({"gpu": cp.cuda.runtime.getDeviceProperties(0)["name"].decode(), "configs": SWEEP,
+          "date": time.strftime("%Y-%m-%d %H:%M")})
+    check(cp, emit, SWEEP, CHECK_SHAPES, packer=TiledPacked)
+    emit({"check_s": time.time() - t0})
+    timing(cp, emit, Timer(cp), SWEEP, [int(b) for b in args.batches.split(",")], args.iters,
+           fitting=lambda batch, configs: configs, packer=TiledPacked)
+    emit({"total_s": time.time() - t0})
+    summarize(args.jsonl)
+
+
+if __name__ == "__main__":
+    main()
