@@ -132,6 +132,18 @@ def summarize(path):
               f"{r['dense_over_best']:.2f}x | {r['dense_over_cslt']:.2f}x |")
 
 
+def jsonl_emitter(path):
+    """emit(record): print the record's first 400 characters and append it to the JSON-lines file ``path``."""
+    out = open(path, "a")
+
+    def emit(rec):
+        line = json.dumps(rec)
+        print(line[:400], flush=True)
+        out.write(line + "\n")
+        out.flush()
+    return emit
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--jsonl")
@@ -145,14 +157,7 @@ def main(argv=None):
     if not args.jsonl:
         p.error("--jsonl is required")
     import cupy as cp
-    out = open(args.jsonl, "a")
-
-    def emit(rec):
-        line = json.dumps(rec)
-        print(line[:400], flush=True)
-        out.write(line + "\n")
-        out.flush()
-
+    emit = jsonl_emitter(args.jsonl)
     t0 = time.time()
     emit({"gpu": cp.cuda.runtime.getDeviceProperties(0)["name"].decode(), "configs": sm.CONFIGS,
           "sweep": len(SWEEP), "date": time.strftime("%Y-%m-%d %H:%M")})

@@ -26,7 +26,6 @@ needs no cluster (compute capability 8.x); SPLIT > 1 needs 9.0.
 """
 import argparse
 import functools
-import json
 import os
 import sys
 import time
@@ -36,7 +35,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_cusparselt import Timer  # noqa: E402
-from gpu_probe_mma_sp import check, summarize, timing  # noqa: E402
+from gpu_probe_mma_sp import check, jsonl_emitter, summarize, timing  # noqa: E402
 
 from nmref.kernels import sparse_mma  # noqa: E402
 
@@ -335,14 +334,7 @@ def main(argv=None):
     if not args.jsonl:
         p.error("--jsonl is required")
     import cupy as cp
-    out = open(args.jsonl, "a")
-
-    def emit(rec):
-        line = json.dumps(rec)
-        print(line[:400], flush=True)
-        out.write(line + "\n")
-        out.flush()
-
+    emit = jsonl_emitter(args.jsonl)
     t0 = time.time()
     emit({"gpu": cp.cuda.runtime.getDeviceProperties(0)["name"].decode(), "configs": SWEEP,
           "date": time.strftime("%Y-%m-%d %H:%M")})
