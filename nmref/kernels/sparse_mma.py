@@ -35,6 +35,7 @@ BATCH_TILE = 8                  # x rows per mma.sp (n)
 PTX_TYPES = {"float16": "f16", "bfloat16": "bf16"}
 GROUP_ORDER = (0, 4, 1, 5, 2, 6, 3, 7)   # W's group of 4 (within a k-step) that feeds the mma's group 0..7
 
+# Device helpers of every mma.sp kernel source here and in the probes (benchmarks/gpu_probe_mma_*.py)
 DEVICE_COMMON = r"""
 typedef unsigned int u32;
 typedef unsigned short u16;
