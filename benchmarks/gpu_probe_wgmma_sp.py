@@ -1,0 +1,334 @@
+"""Probe of a 2:4 kernel on Hopper's warpgroup sparse MMA, wgmma.mma_async.sp (sm_90a), for the batches and
+shapes where mma.sp cannot win (gpu_probe_mma_rate.py: mma.sp tops out near 1.2x dense cuBLAS).
+
+The kernel. A block of WG warpgroups owns BM = 64 WG rows of W and BN rows of x (BN = the instruction's N),
+and moves K through STAGES shared-memory buffers of 64 columns (two k-steps of 32) by cp.async. A stage holds
+the x tile, BN rows of 128 bytes in the 128-byte swizzle wgmma reads through a matrix descriptor (16-byte chunk
+q of row n at q ^ (n & 7); B is x^T, K-major), then the block's A fragments and metadata words as ``pack`` lays
+them out for m16n8k32 (IDENTITY_ORDER: W's groups in place). Warp w of a warpgroup holds rows 16w..16w+15 of
+its 64-row A operand in registers, in mma.sp's m16n8k32 fragment layout, metadata in lanes 4g, 4g+1
+(selector 0): the hypothesis this probe's checks test. One wgmma m64nBNk32 per k-step, fp32 accumulators.
+
+Pipeline: at iteration i every thread waits for its copies of tile i, fences them into the async proxy and
+meets the block at a barrier; it then issues the copies of tile i + STAGES - 2 (their buffer was read by the
+wgmma of tile i - 2, which every warpgroup has waited for), loads tile i's A fragments from shared memory,
+issues the two wgmma and waits for the previous tile's (wgmma.wait_group 1).
+
+K splits over a (1, 1, SPLIT) thread-block cluster as in gpu_probe_mma_tiled.py: each block leaves its fp32
+partial tile in its shared memory and block r sums x rows [r BN / SPLIT, (r + 1) BN / SPLIT) of the SPLIT tiles
+in rank order through distributed shared memory, adds the bias, rounds once and writes y: deterministic, one
+launch.
+
+The cubin is built by nvcc (-arch=sm_90a) on the GPU machine, since the wgmma instructions need sm_90a.
+
+    python benchmarks/gpu_probe_wgmma_sp.py --jsonl OUT.jsonl [--batches 64,256,4096] [--sizes 4096]
+    python benchmarks/gpu_probe_wgmma_sp.py --source 2,256,4,4 > k.cu      (the CUDA source of one launch shape)
+"""
+import argparse
+import functools
+import hashlib
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections import namedtuple
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_cusparselt import Timer  # noqa: E402
+from gpu_probe_mma_sp import check, jsonl_emitter, summarize, timing  # noqa: E402
+
+from nmref.kernels import sparse_mma  # noqa: E402
+
+WgmmaConfig = namedtuple("WgmmaConfig", "wg bn stages split")
+IDENTITY_ORDER = tuple(range(8))
+PACK_ROW_TILES = 16                    # rows padded to whole blocks of every launch shape (WG <= 4)
+SWEEP = tuple(WgmmaConfig(*c) for c in [
+    (2, 256, 4, 4), (2, 256, 4, 2), (2, 256, 4, 1), (1, 256, 4, 2), (1, 256, 5, 1),
+    (2, 128, 6, 2), (2, 128, 6, 4), (2, 128, 4, 1), (1, 128, 6, 1), (1, 128, 6, 2),
+    (4, 128, 4, 4), (4, 128, 4, 2), (4, 128, 4, 1), (2, 64, 8, 4), (1, 64, 8, 2)])
+CHECK_SHAPES = [(256, 4096, 4096), (3, 32, 16), (13, 96, 80), (130, 64, 48), (200, 512, 1000), (300, 1024, 272),
+                (1000, 4096, 1000)]
+
+SOURCE = r"""
+typedef unsigned long long u64;
+constexpr int THREADS = 128 * WG;
+constexpr int BM = 64 * WG;                            // W rows of the block
+constexpr int TILES = 4 * WG;                          // 16-row tiles of the block (one per warp)
+constexpr int X_BYTES = BN * 128;                      // x tile of a stage: BN rows x 64 values
+constexpr int A_BYTES = TILES * 2 * 32 * 16;           // A fragments: [tile][k-step][lane] uint4
+constexpr int E_BYTES = TILES * 2 * 16 * 4;            // metadata: [tile][k-step][16] u32
+constexpr int STAGE_BYTES = (X_BYTES + A_BYTES + E_BYTES + 1023) / 1024 * 1024;
+constexpr int X_CHUNKS = X_BYTES / 16, A_CHUNKS = A_BYTES / 16, E_CHUNKS = E_BYTES / 16;
+constexpr int STAGE_CHUNKS = X_CHUNKS + A_CHUNKS + E_CHUNKS;
+constexpr int P = BM + 4;                              // row pitch (floats) of the partial tile red[BN][P]
+static_assert(BN % 8 == 0 && BN <= 256, "wgmma's N");
+static_assert(BN % SPLIT == 0, "each block of the cluster finishes BN / SPLIT x rows");
+
+__device__ __forceinline__ u32 smem_addr(const void* p) { return (u32)__cvta_generic_to_shared(p); }
+
+__device__ __forceinline__ void cp_async16(u32 dst, const void* src, bool valid) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" :: "r"(dst), "l"(src), "r"(valid ? 16 : 0)
+                 : "memory");
+}
+
+// Matrix descriptor of a K-major tile in the 128-byte swizzle: start address, leading byte offset 16 (unused
+// for this swizzle), stride byte offset 1024 (from one 8-row group to the next), swizzle mode 1.
+__device__ __forceinline__ u64 descriptor(u32 addr) {
+    return (u64)((addr & 0x3FFFF) >> 4) | ((u64)1 << 16) | ((u64)(1024 >> 4) << 32) | ((u64)1 << 62);
+}
+
+WGMMA_FUNCTION
+
+__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;" ::: "memory"); }
+__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory"); }
+template <int N> __device__ __forceinline__ void wgmma_wait() {
+    asm volatile("wgmma.wait_group.sync.aligned %0;" :: "n"(N) : "memory");
+}
+
+__device__ __forceinline__ float ld_cluster(u32 addr, int rank) {     // a float of block `rank`'s shared memory
+    u32 remote;
+    float v;
+    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(addr), "r"(rank));
+    asm volatile("ld.shared::cluster.f32 %0, [%1];" : "=f"(v) : "r"(remote) : "memory");
+    return v;
+}
+
+__device__ __forceinline__ void cluster_sync() {
+    asm volatile("barrier.cluster.arrive.release.aligned;\n\tbarrier.cluster.wait.acquire.aligned;" ::: "memory");
+}
+
+// The copies of one stage: tile `tile` (k-steps 2 tile, 2 tile + 1; those >= s_end zero-filled).
+__device__ __forceinline__ void load_stage(u32 stage, int tile, int s_end, const uint4* __restrict__ vals,
+        const u32* __restrict__ meta, const u16* __restrict__ x, int tile0, int row0, int M, int K, int k_steps) {
+#pragma unroll
+    for (int j = 0; j < (STAGE_CHUNKS + THREADS - 1) / THREADS; ++j) {
+        const int c = threadIdx.x + j * THREADS;
+        if (c < X_CHUNKS) {                                        // x[row0 + n][64 tile + 8 q, + 8)
+            const int n = c >> 3, q = c & 7;
+            const bool valid = row0 + n < M && 2 * tile + (q >> 2) < s_end;
+            cp_async16(stage + n * 128 + ((q ^ (n & 7)) << 4), x + (size_t)(valid ? row0 + n : 0) * K
+                       + (valid ? 64 * tile + 8 * q : 0), valid);
+        } else if (c < X_CHUNKS + A_CHUNKS) {                      // vals[tile0 + r][s][lane]
+            const int a = c - X_CHUNKS, r = a >> 6, u = (a >> 5) & 1, lane = a & 31, s = 2 * tile + u;
+            const bool valid = s < s_end;
+            cp_async16(stage + X_BYTES + 16 * a, vals + ((size_t)(tile0 + r) * k_steps + (valid ? s : 0)) * 32 + lane,
+                       valid);
+        } else if (c < STAGE_CHUNKS) {                             // meta[tile0 + r][s][4 e, + 4)
+            const int e = c - X_CHUNKS - A_CHUNKS, r = e >> 3, u = (e >> 2) & 1, s = 2 * tile + u;
+            const bool valid = s < s_end;
+            cp_async16(stage + X_BYTES + A_BYTES + 16 * e,
+                       meta + ((size_t)(tile0 + r) * k_steps + (valid ? s : 0)) * 16 + 4 * (e & 3), valid);
+        }
+    }
+}
+
+#if SPLIT > 1
+#define CLUSTER __cluster_dims__(1, 1, SPLIT)
+#else
+#define CLUSTER
+#endif
+
+extern "C" __global__ void CLUSTER __launch_bounds__(THREADS, 1)
+nm24_wgmma_sp(const uint4* __restrict__ vals, const u32* __restrict__ meta, const u16* __restrict__ x,
+              const u16* __restrict__ bias, int has_bias, u16* __restrict__ y, int M, int N, int K)
+{
+    extern __shared__ __align__(1024) unsigned char smem_raw[];
+    const u32 base = (smem_addr(smem_raw) + 1023) & ~1023u;       // stages start on 1024-byte boundaries
+    unsigned char* smem = smem_raw + (base - smem_addr(smem_raw));
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;   // warp = 4 warpgroup + warp of the group
+    const int g = lane >> 2, t = lane & 3;
+    const int k_steps = K / 32, k_tiles = (k_steps + 1) / 2;
+    const int tile0 = blockIdx.x * TILES, row0 = blockIdx.y * BN;
+    const int rank = blockIdx.z;                                   // the block's rank in its (1, 1, SPLIT) cluster
+    const int per = (k_tiles + SPLIT - 1) / SPLIT;
+    const int t_begin = min(k_tiles, rank * per), t_end = min(k_tiles, t_begin + per);
+    const int s_end = min(k_steps, 2 * t_end);
+    const int tiles = t_end - t_begin;
+
+    float d[BN / 2];
+#pragma unroll
+    for (int i = 0; i < BN / 2; ++i) d[i] = 0.f;
+
+#pragma unroll
+    for (int i = 0; i < STAGES - 2; ++i) {
+        if (i < tiles) load_stage(base + i * STAGE_BYTES, t_begin + i, s_end, vals, meta, x, tile0, row0, M, K, k_steps);
+        asm volatile("cp.async.commit_group;" ::: "memory");
+    }
+    for (int i = 0; i < tiles; ++i) {
+        asm volatile("cp.async.wait_group %0;" :: "n"(STAGES - 3) : "memory");
+        asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+        __syncthreads();                           // tile i landed; every wgmma of tile i - 2 is done
+        const int next = i + STAGES - 2;
+        if (next < tiles)
+            load_stage(base + (next % STAGES) * STAGE_BYTES, t_begin + next, s_end, vals, meta, x, tile0, row0, M,
+                       K, k_steps);
+        asm volatile("cp.async.commit_group;" ::: "memory");
+
+        const u32 stage = base + (i % STAGES) * STAGE_BYTES;
+        const unsigned char* sp = smem + (i % STAGES) * STAGE_BYTES;
+        const uint4* a_frags = (const uint4*)(sp + X_BYTES) + warp * 64;           // [k-step][lane]
+        const u32* e_words = (const u32*)(sp + X_BYTES + A_BYTES) + warp * 32;      // [k-step][16]
+        const bool second = 2 * (t_begin + i) + 1 < s_end;                          // uniform over the block
+        const uint4 a0 = a_frags[lane], a1 = a_frags[32 + lane];
+        const u32 e0 = e_words[2 * g + (t & 1)], e1 = e_words[16 + 2 * g + (t & 1)];
+        wgmma_fence();
+        wgmma_sp(d, a0, descriptor(stage), e0);
+        if (second) wgmma_sp(d, a1, descriptor(stage + 64), e1);
+        wgmma_commit();
+        wgmma_wait<1>();
+    }
+    wgmma_wait<0>();
+    asm volatile("cp.async.wait_group 0;" ::: "memory");
+    __syncthreads();                                               // the stages are free: reuse them
+
+    float* red = (float*)smem;                                     // red[x row][W row], pitch P
+    const int r0 = 16 * warp + g;
+#pragma unroll
+    for (int j = 0; j < BN / 8; ++j) {
+        float* at = red + (8 * j + 2 * t) * P + r0;
+        at[0] = d[4 * j];
+        at[P] = d[4 * j + 1];
+        at[8] = d[4 * j + 2];
+        at[P + 8] = d[4 * j + 3];
+    }
+#if SPLIT > 1
+    cluster_sync();
+    const u32 red_addr = smem_addr(red);
+#else
+    __syncthreads();
+#endif
+    constexpr int ROWS = BN / SPLIT;
+    for (int i = threadIdx.x; i < ROWS * BM; i += THREADS) {
+        const int b = rank * ROWS + i / BM, n = i % BM;
+        const int row = row0 + b, col = tile0 * 16 + n;
+#if SPLIT > 1
+        float sum = 0.f;
+#pragma unroll
+        for (int w = 0; w < SPLIT; ++w) sum += ld_cluster(red_addr + 4 * (b * P + n), w);
+#else
+        float sum = red[b * P + n];
+#endif
+        if (row < M && col < N) {
+            if (has_bias) sum += to_float(bias[col]);
+            y[(size_t)row * N + col] = from_float(sum);
+        }
+    }
+#if SPLIT > 1
+    cluster_sync();
+#endif
+}
+"""
+
+
+def wgmma_function(bn, ptx_type):
+    """The device function issuing one wgmma.mma_async.sp m64n{bn}k32 (A from registers, B by descriptor)."""
+    acc = bn // 2
+    regs = ", ".join(f"%{i}" for i in range(acc))
+    outs = ", ".join(f'"+f"(d[{i}])' for i in range(acc))
+    return (
+        "__device__ __forceinline__ void wgmma_sp(float* d, const uint4& a, u64 desc, u32 e) {\n"
+        f'    asm volatile("wgmma.mma_async.sp.sync.aligned.m64n{bn}k32.f32.{ptx_type}.{ptx_type} "\n'
+        f'                 "{{{regs}}}, {{%{acc}, %{acc + 1}, %{acc + 2}, %{acc + 3}}}, %{acc + 4}, %{acc + 5}, 0, 1, 1, 1, 0;"\n'
+        f"                 : {outs}\n"
+        '                 : "r"(a.x), "r"(a.y), "r"(a.z), "r"(a.w), "l"(desc), "r"(e) : "memory");\n'
+        "}\n")
+
+
+def tile_shape(config):
+    """(BM, BN): the W rows and x rows of one block."""
+    return 64 * config.wg, config.bn
+
+
+def shared_bytes(config):
+    """Dynamic shared memory of one block: the stages (reused for the fp32 partial tile) + 1 KB for alignment."""
+    bm, bn = tile_shape(config)
+    stage = -(-(bn * 128 + config.wg * 4 * 2 * (512 + 64)) // 1024) * 1024
+    return max(config.stages * stage, 4 * bn * (bm + 4)) + 1024
+
+
+@functools.lru_cache(maxsize=None)
+def kernel_source(dtype, config):
+    """The CUDA source for fp16/bf16 and a WgmmaConfig."""
+    defines = "".join(f"#define {name.upper()} {int(value)}\n" for name, value in config._asdict().items())
+    ptx_type = sparse_mma.PTX_TYPES[dtype]
+    return (f'#define IS_BF16 {int(dtype == "bfloat16")}\n#define PTX_TYPE "{ptx_type}"\n{defines}'
+            f"{sparse_mma.DEVICE_COMMON}" + SOURCE.replace("WGMMA_FUNCTION", wgmma_function(config.bn, ptx_type)))
+
+
+@functools.lru_cache(maxsize=None)
+def compiled(dtype, config):
+    """The CuPy kernel for fp16/bf16 and a WgmmaConfig: nvcc -arch=sm_90a to a cubin, loaded by CuPy."""
+    import cupy
+    source = kernel_source(dtype, config)
+    folder = os.path.join(tempfile.gettempdir(), "nmref_wgmma")
+    os.makedirs(folder, exist_ok=True)
+    stem = os.path.join(folder, hashlib.sha1(source.encode()).hexdigest()[:16])
+    if not os.path.exists(stem + ".cubin"):
+        with open(stem + ".cu", "w") as f:
+            f.write(source)
+        run = subprocess.run(["nvcc", "-arch=sm_90a", "-cubin", "-std=c++17", "-O3", "-Xptxas", "-v",
+                              "-o", stem + ".cubin", stem + ".cu"], capture_output=True, text=True)
+        if run.returncode:
+            raise RuntimeError(f"nvcc failed for {config}:\n{run.stderr[-3000:]}")
+        warnings = [line for line in run.stderr.splitlines() if "arning" in line or "registers" in line]
+        print(f"{dtype} {tuple(config)}: " + " | ".join(w.strip() for w in warnings), flush=True)
+    kernel = cupy.RawModule(path=stem + ".cubin").get_function("nm24_wgmma_sp")
+    kernel.max_dynamic_shared_size_bytes = shared_bytes(config)
+    return kernel
+
+
+class WgmmaPacked:
+    """A 2:4 weight (out, in) packed for the wgmma kernel (IDENTITY_ORDER, rows padded to PACK_ROW_TILES tiles)."""
+
+    def __init__(self, weight, bias=None):
+        self.dtype = np.dtype(weight.dtype).name
+        self.out_features, self.in_features = weight.shape
+        self.vals, self.meta = sparse_mma.pack(weight, PACK_ROW_TILES, IDENTITY_ORDER)
+        self.bias = bias
+
+    def launch(self, x, out, config):
+        """out (batch, out) = x (batch, in) @ W.T (+ bias) on the current CuPy stream."""
+        bm, bn = tile_shape(config)
+        batch = x.shape[0]
+        grid = (-(-self.out_features // bm), -(-batch // bn), config.split)
+        bias = x if self.bias is None else self.bias
+        compiled(self.dtype, config)(grid, (128 * config.wg,), (
+            self.vals, self.meta, x, bias, np.int32(self.bias is not None), out, np.int32(batch),
+            np.int32(self.out_features), np.int32(self.in_features)), shared_mem=shared_bytes(config))
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--jsonl")
+    p.add_argument("--batches", default="64,256,1024,4096")
+    p.add_argument("--iters", type=int, default=20)
+    p.add_argument("--configs", help="launch shapes to time instead of SWEEP, e.g. 2,256,4,4;2,128,6,2")
+    p.add_argument("--no-check", action="store_true")
+    p.add_argument("--source", metavar="CONFIG", help="print the fp16 CUDA source of one launch shape and stop")
+    args = p.parse_args(argv)
+    if args.source:
+        print(kernel_source("float16", WgmmaConfig(*(int(v) for v in args.source.split(",")))))
+        return
+    if not args.jsonl:
+        p.error("--jsonl is required")
+    import cupy as cp
+    configs = SWEEP if not args.configs else tuple(
+        WgmmaConfig(*(int(v) for v in c.split(","))) for c in args.configs.split(";"))
+    emit = jsonl_emitter(args.jsonl)
+    t0 = time.time()
+    emit({"gpu": cp.cuda.runtime.getDeviceProperties(0)["name"].decode(), "configs": configs,
+          "date": time.strftime("%Y-%m-%d %H:%M")})
+    if not args.no_check:
+        check(cp, emit, configs, CHECK_SHAPES, packer=WgmmaPacked)
+        emit({"check_s": time.time() - t0})
+    timing(cp, emit, Timer(cp), configs, [int(b) for b in args.batches.split(",")], args.iters,
+           fitting=lambda batch, cs: cs, packer=WgmmaPacked)
+    emit({"total_s": time.time() - t0})
+    summarize(args.jsonl)
+
+
+if __name__ == "__main__":
+    main()
