@@ -42,7 +42,7 @@ from gpu_probe_mma_sp import check, jsonl_emitter, summarize, timing  # noqa: E4
 
 from nmref.kernels import sparse_mma  # noqa: E402
 
-WgmmaConfig = namedtuple("WgmmaConfig", "wg bn stages split")
+WgmmaConfig = namedtuple("WgmmaConfig", "wg bn stages split kw fence", defaults=(1, 1))
 IDENTITY_ORDER = tuple(range(8))
 PACK_ROW_TILES = 16                    # rows padded to whole blocks of every launch shape (WG <= 4)
 SWEEP = tuple(WgmmaConfig(*c) for c in [
@@ -57,9 +57,11 @@ typedef unsigned long long u64;
 constexpr int THREADS = 128 * WG;
 constexpr int BM = 64 * WG;                            // W rows of the block
 constexpr int TILES = 4 * WG;                          // 16-row tiles of the block (one per warp)
-constexpr int X_BYTES = BN * 128;                      // x tile of a stage: BN rows x 64 values
-constexpr int A_BYTES = TILES * 2 * 32 * 16;           // A fragments: [tile][k-step][lane] uint4
-constexpr int E_BYTES = TILES * 2 * 16 * 4;            // metadata: [tile][k-step][16] u32
+constexpr int KS = 2 * KW;                             // k-steps (of 32) per stage
+constexpr int SUB_BYTES = BN * 128;                    // one 64-column x sub-tile: BN rows x 128 bytes
+constexpr int X_BYTES = KW * SUB_BYTES;                // x tile of a stage: KW sub-tiles
+constexpr int A_BYTES = TILES * KS * 32 * 16;          // A fragments: [tile][k-step][lane] uint4
+constexpr int E_BYTES = TILES * KS * 16 * 4;           // metadata: [tile][k-step][16] u32
 constexpr int STAGE_BYTES = (X_BYTES + A_BYTES + E_BYTES + 1023) / 1024 * 1024;
 constexpr int X_CHUNKS = X_BYTES / 16, A_CHUNKS = A_BYTES / 16, E_CHUNKS = E_BYTES / 16;
 constexpr int STAGE_CHUNKS = X_CHUNKS + A_CHUNKS + E_CHUNKS;
@@ -100,24 +102,24 @@ __device__ __forceinline__ void cluster_sync() {
     asm volatile("barrier.cluster.arrive.release.aligned;\n\tbarrier.cluster.wait.acquire.aligned;" ::: "memory");
 }
 
-// The copies of one stage: tile `tile` (k-steps 2 tile, 2 tile + 1; those >= s_end zero-filled).
+// The copies of one stage: tile `tile` (k-steps KS tile .. KS tile + KS - 1; those >= s_end zero-filled).
 __device__ __forceinline__ void load_stage(u32 stage, int tile, int s_end, const uint4* __restrict__ vals,
         const u32* __restrict__ meta, const u16* __restrict__ x, int tile0, int row0, int M, int K, int k_steps) {
 #pragma unroll
     for (int j = 0; j < (STAGE_CHUNKS + THREADS - 1) / THREADS; ++j) {
         const int c = threadIdx.x + j * THREADS;
-        if (c < X_CHUNKS) {                                        // x[row0 + n][64 tile + 8 q, + 8)
-            const int n = c >> 3, q = c & 7;
-            const bool valid = row0 + n < M && 2 * tile + (q >> 2) < s_end;
-            cp_async16(stage + n * 128 + ((q ^ (n & 7)) << 4), x + (size_t)(valid ? row0 + n : 0) * K
-                       + (valid ? 64 * tile + 8 * q : 0), valid);
+        if (c < X_CHUNKS) {                                        // x[row0 + n][32 (KS tile + 2 w) + 8 q, + 8)
+            const int w = c / (BN * 8), n = (c >> 3) % BN, q = c & 7, s = KS * tile + 2 * w + (q >> 2);
+            const bool valid = row0 + n < M && s < s_end;
+            cp_async16(stage + w * SUB_BYTES + n * 128 + ((q ^ (n & 7)) << 4), x + (size_t)(valid ? row0 + n : 0) * K
+                       + (valid ? 32 * s + 8 * (q & 3) : 0), valid);
         } else if (c < X_CHUNKS + A_CHUNKS) {                      // vals[tile0 + r][s][lane]
-            const int a = c - X_CHUNKS, r = a >> 6, u = (a >> 5) & 1, lane = a & 31, s = 2 * tile + u;
+            const int a = c - X_CHUNKS, r = a / (32 * KS), u = (a >> 5) % KS, lane = a & 31, s = KS * tile + u;
             const bool valid = s < s_end;
             cp_async16(stage + X_BYTES + 16 * a, vals + ((size_t)(tile0 + r) * k_steps + (valid ? s : 0)) * 32 + lane,
                        valid);
         } else if (c < STAGE_CHUNKS) {                             // meta[tile0 + r][s][4 e, + 4)
-            const int e = c - X_CHUNKS - A_CHUNKS, r = e >> 3, u = (e >> 2) & 1, s = 2 * tile + u;
+            const int e = c - X_CHUNKS - A_CHUNKS, r = e / (4 * KS), u = (e >> 2) % KS, s = KS * tile + u;
             const bool valid = s < s_end;
             cp_async16(stage + X_BYTES + A_BYTES + 16 * e,
                        meta + ((size_t)(tile0 + r) * k_steps + (valid ? s : 0)) * 16 + 4 * (e & 3), valid);
@@ -140,12 +142,12 @@ nm24_wgmma_sp(const uint4* __restrict__ vals, const u32* __restrict__ meta, cons
     unsigned char* smem = smem_raw + (base - smem_addr(smem_raw));
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;   // warp = 4 warpgroup + warp of the group
     const int g = lane >> 2, t = lane & 3;
-    const int k_steps = K / 32, k_tiles = (k_steps + 1) / 2;
+    const int k_steps = K / 32, k_tiles = (k_steps + KS - 1) / KS;
     const int tile0 = blockIdx.x * TILES, row0 = blockIdx.y * BN;
     const int rank = blockIdx.z;                                   // the block's rank in its (1, 1, SPLIT) cluster
     const int per = (k_tiles + SPLIT - 1) / SPLIT;
     const int t_begin = min(k_tiles, rank * per), t_end = min(k_tiles, t_begin + per);
-    const int s_end = min(k_steps, 2 * t_end);
+    const int s_end = min(k_steps, KS * t_end);
     const int tiles = t_end - t_begin;
 
     float d[BN / 2];
@@ -159,7 +161,9 @@ nm24_wgmma_sp(const uint4* __restrict__ vals, const u32* __restrict__ meta, cons
     }
     for (int i = 0; i < tiles; ++i) {
         asm volatile("cp.async.wait_group %0;" :: "n"(STAGES - 3) : "memory");
+#if FENCE
         asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+#endif
         __syncthreads();                           // tile i landed; every wgmma of tile i - 2 is done
         const int next = i + STAGES - 2;
         if (next < tiles)
@@ -169,14 +173,20 @@ nm24_wgmma_sp(const uint4* __restrict__ vals, const u32* __restrict__ meta, cons
 
         const u32 stage = base + (i % STAGES) * STAGE_BYTES;
         const unsigned char* sp = smem + (i % STAGES) * STAGE_BYTES;
-        const uint4* a_frags = (const uint4*)(sp + X_BYTES) + warp * 64;           // [k-step][lane]
-        const u32* e_words = (const u32*)(sp + X_BYTES + A_BYTES) + warp * 32;      // [k-step][16]
-        const bool second = 2 * (t_begin + i) + 1 < s_end;                          // uniform over the block
-        const uint4 a0 = a_frags[lane], a1 = a_frags[32 + lane];
-        const u32 e0 = e_words[2 * g + (t & 1)], e1 = e_words[16 + 2 * g + (t & 1)];
+        const uint4* a_frags = (const uint4*)(sp + X_BYTES) + warp * 32 * KS;      // [k-step][lane]
+        const u32* e_words = (const u32*)(sp + X_BYTES + A_BYTES) + warp * 16 * KS; // [k-step][16]
+        const int steps = s_end - KS * (t_begin + i);                               // uniform over the block
+        uint4 a[KS];
+        u32 e[KS];
+#pragma unroll
+        for (int u = 0; u < KS; ++u) {
+            a[u] = a_frags[32 * u + lane];
+            e[u] = e_words[16 * u + 2 * g + (t & 1)];
+        }
         wgmma_fence();
-        wgmma_sp(d, a0, descriptor(stage), e0);
-        if (second) wgmma_sp(d, a1, descriptor(stage + 64), e1);
+#pragma unroll
+        for (int u = 0; u < KS; ++u)
+            if (u < steps) wgmma_sp(d, a[u], descriptor(stage + (u >> 1) * SUB_BYTES + 64 * (u & 1)), e[u]);
         wgmma_commit();
         wgmma_wait<1>();
     }
@@ -245,7 +255,7 @@ def tile_shape(config):
 def shared_bytes(config):
     """Dynamic shared memory of one block: the stages (reused for the fp32 partial tile) + 1 KB for alignment."""
     bm, bn = tile_shape(config)
-    stage = -(-(bn * 128 + config.wg * 4 * 2 * (512 + 64)) // 1024) * 1024
+    stage = -(-config.kw * (bn * 128 + config.wg * 4 * 2 * (512 + 64)) // 1024) * 1024
     return max(config.stages * stage, 4 * bn * (bm + 4)) + 1024
 
 
@@ -300,6 +310,24 @@ class WgmmaPacked:
             np.int32(self.out_features), np.int32(self.in_features)), shared_mem=shared_bytes(config))
 
 
+def ncu_target(config, batch, size):
+    """Three launches of one launch shape at batch x size x size fp16 (for ncu to profile the third)."""
+    import cupy as cp
+
+    from nmref.masks import nm_mask
+    w = np.random.default_rng(0).standard_normal((size, size)).astype(np.float32)
+    packed = WgmmaPacked(cp.asarray(w * nm_mask(w, 2, 4)).astype(cp.float16))
+    x = cp.random.default_rng(1).standard_normal((batch, size), dtype=cp.float32).astype(cp.float16)
+    out = cp.empty((batch, size), cp.float16)
+    for _ in range(3):
+        packed.launch(x, out, config)
+    cp.cuda.Device().synchronize()
+
+
+def parse_config(text):
+    return WgmmaConfig(*(int(v) for v in text.split(",")))
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--jsonl")
@@ -307,16 +335,20 @@ def main(argv=None):
     p.add_argument("--iters", type=int, default=20)
     p.add_argument("--configs", help="launch shapes to time instead of SWEEP, e.g. 2,256,4,4;2,128,6,2")
     p.add_argument("--no-check", action="store_true")
+    p.add_argument("--dtypes", default="float16,bfloat16")
     p.add_argument("--source", metavar="CONFIG", help="print the fp16 CUDA source of one launch shape and stop")
+    p.add_argument("--ncu-target", metavar="CONFIG:BATCH:SIZE", help="only launch one shape (for ncu)")
     args = p.parse_args(argv)
     if args.source:
-        print(kernel_source("float16", WgmmaConfig(*(int(v) for v in args.source.split(",")))))
+        print(kernel_source("float16", parse_config(args.source)))
         return
+    if args.ncu_target:
+        config, batch, size = args.ncu_target.split(":")
+        return ncu_target(parse_config(config), int(batch), int(size))
     if not args.jsonl:
         p.error("--jsonl is required")
     import cupy as cp
-    configs = SWEEP if not args.configs else tuple(
-        WgmmaConfig(*(int(v) for v in c.split(","))) for c in args.configs.split(";"))
+    configs = SWEEP if not args.configs else tuple(parse_config(c) for c in args.configs.split(";"))
     emit = jsonl_emitter(args.jsonl)
     t0 = time.time()
     emit({"gpu": cp.cuda.runtime.getDeviceProperties(0)["name"].decode(), "configs": configs,
@@ -325,7 +357,7 @@ def main(argv=None):
         check(cp, emit, configs, CHECK_SHAPES, packer=WgmmaPacked)
         emit({"check_s": time.time() - t0})
     timing(cp, emit, Timer(cp), configs, [int(b) for b in args.batches.split(",")], args.iters,
-           fitting=lambda batch, cs: cs, packer=WgmmaPacked)
+           dtypes=args.dtypes.split(","), fitting=lambda batch, cs: cs, packer=WgmmaPacked)
     emit({"total_s": time.time() - t0})
     summarize(args.jsonl)
 

@@ -79,6 +79,14 @@ wgmma)
     timeout "${PROBE_TIMEOUT:-480}" python3 benchmarks/gpu_probe_wgmma_sp.py --jsonl "$OUT/gpu_probe_wgmma_sp.jsonl" \
         ${WGMMA_ARGS:-} 2>&1 | tail -c 200000 > "$OUT/probe_wgmma_sp.log"
     grep -v "^{" "$OUT/probe_wgmma_sp.log" | tail -40
+    for target in ${WGMMA_NCU:-}; do                 # CONFIG:BATCH:SIZE, e.g. 2,128,6,2,1,1:256:4096
+        stamp "ncu $target"
+        timeout 120 ncu --clock-control none --kernel-name nm24_wgmma_sp --launch-skip 2 --launch-count 1 \
+            --section SpeedOfLight --section WarpStateStats --section MemoryWorkloadAnalysis --section Occupancy \
+            --metrics "regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio" \
+            python3 benchmarks/gpu_probe_wgmma_sp.py --ncu-target "$target" > "$OUT/ncu_${target//[,:]/_}.txt" 2>&1
+        grep -v "^==PROF==" "$OUT/ncu_${target//[,:]/_}.txt" | grep -E "Throughput|Duration|stalled|Issued|Eligible|Active Warps|Hit Rate|Bandwidth" | grep -v " 0$" | head -45
+    done
     ;;
 rate)
     stamp "mma.sp / mma issue rate from registers"
