@@ -63,8 +63,6 @@ constexpr int X_BYTES = KW * SUB_BYTES;                // x tile of a stage: KW 
 constexpr int A_BYTES = TILES * KS * 32 * 16;          // A fragments: [tile][k-step][lane] uint4
 constexpr int E_BYTES = TILES * KS * 16 * 4;           // metadata: [tile][k-step][16] u32
 constexpr int STAGE_BYTES = (X_BYTES + A_BYTES + E_BYTES + 1023) / 1024 * 1024;
-constexpr int X_CHUNKS = X_BYTES / 16, A_CHUNKS = A_BYTES / 16, E_CHUNKS = E_BYTES / 16;
-constexpr int STAGE_CHUNKS = X_CHUNKS + A_CHUNKS + E_CHUNKS;
 constexpr int P = BM + 4;                              // row pitch (floats) of the partial tile red[BN][P]
 static_assert(BN % 8 == 0 && BN <= 256, "wgmma's N");
 static_assert(BN % SPLIT == 0, "each block of the cluster finishes BN / SPLIT x rows");
@@ -102,30 +100,55 @@ __device__ __forceinline__ void cluster_sync() {
     asm volatile("barrier.cluster.arrive.release.aligned;\n\tbarrier.cluster.wait.acquire.aligned;" ::: "memory");
 }
 
-// The copies of one stage: tile `tile` (k-steps KS tile .. KS tile + KS - 1; those >= s_end zero-filled).
-__device__ __forceinline__ void load_stage(u32 stage, int tile, int s_end, const uint4* __restrict__ vals,
-        const u32* __restrict__ meta, const u16* __restrict__ x, int tile0, int row0, int M, int K, int k_steps) {
-#pragma unroll
-    for (int j = 0; j < (STAGE_CHUNKS + THREADS - 1) / THREADS; ++j) {
-        const int c = threadIdx.x + j * THREADS;
-        if (c < X_CHUNKS) {                                        // x[row0 + n][32 (KS tile + 2 w) + 8 q, + 8)
-            const int w = c / (BN * 8), n = (c >> 3) % BN, q = c & 7, s = KS * tile + 2 * w + (q >> 2);
-            const bool valid = row0 + n < M && s < s_end;
-            cp_async16(stage + w * SUB_BYTES + n * 128 + ((q ^ (n & 7)) << 4), x + (size_t)(valid ? row0 + n : 0) * K
-                       + (valid ? 32 * s + 8 * (q & 3) : 0), valid);
-        } else if (c < X_CHUNKS + A_CHUNKS) {                      // vals[tile0 + r][s][lane]
-            const int a = c - X_CHUNKS, r = a / (32 * KS), u = (a >> 5) % KS, lane = a & 31, s = KS * tile + u;
-            const bool valid = s < s_end;
-            cp_async16(stage + X_BYTES + 16 * a, vals + ((size_t)(tile0 + r) * k_steps + (valid ? s : 0)) * 32 + lane,
-                       valid);
-        } else if (c < STAGE_CHUNKS) {                             // meta[tile0 + r][s][4 e, + 4)
-            const int e = c - X_CHUNKS - A_CHUNKS, r = e / (4 * KS), u = (e >> 2) % KS, s = KS * tile + u;
-            const bool valid = s < s_end;
-            cp_async16(stage + X_BYTES + A_BYTES + 16 * e,
-                       meta + ((size_t)(tile0 + r) * k_steps + (valid ? s : 0)) * 16 + 4 * (e & 3), valid);
-        }
+// A thread's copies of every stage, addresses worked out once. x: chunks c = tid + j THREADS of each KW sub-tile,
+// row n = c / 8 (x row row0 + n), chunk q = tid % 8 (fixed per thread, as is the swizzle n & 7); A: the thread
+// copies its own warp's fragments of the KS k-steps (lane = its lane); metadata: lanes < 4 KS of each warp copy
+// their warp's words, 16 bytes each. Copies of k-steps >= s_end and x rows >= M are zero-filled.
+struct Loader {
+    static constexpr int X_PER_SUB = SUB_BYTES / 16 / THREADS;      // x chunks per thread per sub-tile
+    static constexpr int X_JUMP = THREADS / 8;                      // x rows between a thread's chunks
+    const u16* x_src;                                               // x[row0 + tid / 8][8 (tid % 8)]
+    const uint4* a_src;                                             // vals[tile0 + warp][0][lane]
+    const u32* e_src;                                               // meta[tile0 + warp][lane / 4][4 (lane % 4)]
+    u32 x_dst, a_dst, e_dst;                                        // offsets within a stage
+    int x_rows_left, x_step, K, k_steps;
+    bool e_active;
+
+    __device__ Loader(const uint4* vals, const u32* meta, const u16* x, int tile0, int row0, int M, int K_,
+                      int k_steps_) : K(K_), k_steps(k_steps_) {
+        const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, n0 = tid >> 3, q = tid & 7;
+        x_src = x + (size_t)min(row0 + n0, M - 1) * K + 8 * q;
+        x_dst = n0 * 128 + ((q ^ (n0 & 7)) << 4);
+        x_rows_left = M - row0 - n0;
+        x_step = q >> 2;
+        a_src = vals + (size_t)(tile0 + warp) * k_steps * 32 + lane;
+        a_dst = X_BYTES + 16 * (warp * KS * 32 + lane);
+        e_active = lane < 4 * KS;
+        e_src = meta + ((size_t)(tile0 + warp) * k_steps + (lane >> 2)) * 16 + 4 * (lane & 3);
+        e_dst = X_BYTES + A_BYTES + 16 * (warp * KS * 4 + lane);
     }
-}
+
+    // the copies of stage tile `tile` (k-steps KS tile .. KS tile + KS - 1) into the stage at shared address `stage`
+    __device__ __forceinline__ void load(u32 stage, int tile, int s_end) const {
+        const int s0 = KS * tile;
+        const bool full = s0 + KS <= s_end;
+#pragma unroll
+        for (int w = 0; w < KW; ++w)
+#pragma unroll
+            for (int j = 0; j < X_PER_SUB; ++j) {
+                const bool valid = j * X_JUMP < x_rows_left && (full || s0 + 2 * w + x_step < s_end);
+                cp_async16(stage + x_dst + w * SUB_BYTES + j * X_JUMP * 128,
+                           x_src + (size_t)j * X_JUMP * K + 32 * (s0 + 2 * w), valid);
+            }
+#pragma unroll
+        for (int u = 0; u < KS; ++u)
+            cp_async16(stage + a_dst + 16 * 32 * u, a_src + (size_t)(s0 + u) * 32, full || s0 + u < s_end);
+        if (e_active)
+            cp_async16(stage + e_dst, e_src + (size_t)s0 * 16, full || s0 + (threadIdx.x & 31) / 4 < s_end);
+    }
+};
+static_assert(SUB_BYTES % (16 * THREADS) == 0, "every thread copies whole x shares");
+static_assert(KS <= 8, "metadata copies: 4 KS lanes of a warp");
 
 #if SPLIT > 1
 #define CLUSTER __cluster_dims__(1, 1, SPLIT)
@@ -154,9 +177,10 @@ nm24_wgmma_sp(const uint4* __restrict__ vals, const u32* __restrict__ meta, cons
 #pragma unroll
     for (int i = 0; i < BN / 2; ++i) d[i] = 0.f;
 
+    const Loader loader(vals, meta, x, tile0, row0, M, K, k_steps);
 #pragma unroll
     for (int i = 0; i < STAGES - 2; ++i) {
-        if (i < tiles) load_stage(base + i * STAGE_BYTES, t_begin + i, s_end, vals, meta, x, tile0, row0, M, K, k_steps);
+        if (i < tiles) loader.load(base + i * STAGE_BYTES, t_begin + i, s_end);
         asm volatile("cp.async.commit_group;" ::: "memory");
     }
     for (int i = 0; i < tiles; ++i) {
@@ -167,8 +191,7 @@ nm24_wgmma_sp(const uint4* __restrict__ vals, const u32* __restrict__ meta, cons
         __syncthreads();                           // tile i landed; every wgmma of tile i - 2 is done
         const int next = i + STAGES - 2;
         if (next < tiles)
-            load_stage(base + (next % STAGES) * STAGE_BYTES, t_begin + next, s_end, vals, meta, x, tile0, row0, M,
-                       K, k_steps);
+            loader.load(base + (next % STAGES) * STAGE_BYTES, t_begin + next, s_end);
         asm volatile("cp.async.commit_group;" ::: "memory");
 
         const u32 stage = base + (i % STAGES) * STAGE_BYTES;
