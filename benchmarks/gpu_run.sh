@@ -3,7 +3,8 @@
 # record the environment, run the GPU tests and benchmarks, leave logs and tables in $OUT.
 #   bash benchmarks/gpu_run.sh mma      benchmarks/gpu_probe_mma_sp.py (nmref's own mma.sp kernel: check + timing sweep)
 #   bash benchmarks/gpu_run.sh tiled    benchmarks/gpu_probe_mma_tiled.py (the tiled mma.sp experiment) at batch 64-4096
-#   bash benchmarks/gpu_run.sh wgmma    benchmarks/gpu_probe_wgmma_sp.py (the wgmma.sp experiment, sm_90a; WGMMA_ARGS)
+#   bash benchmarks/gpu_run.sh wgmma    benchmarks/gpu_probe_wgmma_sp.py (the wgmma.sp experiment, sm_90a; WGMMA_ARGS,
+#                                       WGMMA_NCU), WGMMA_RATE=1: gpu_probe_wgmma_rate.py first
 #   bash benchmarks/gpu_run.sh rate     mma.sp / mma issue rate from registers; SASS and ncu of one tiled launch
 #   bash benchmarks/gpu_run.sh cslt     cuSPARSELt tests + the cuSPARSELt benchmark
 #   bash benchmarks/gpu_run.sh full     every test file on both backends + both GPU benchmarks
@@ -75,6 +76,11 @@ tiled)
     grep -v "^{" "$OUT/probe_mma_tiled.log" | tail -20
     ;;
 wgmma)
+    if [ -n "${WGMMA_RATE:-}" ]; then
+        stamp "wgmma / wgmma.sp issue rate (no global memory traffic)"
+        timeout 200 python3 benchmarks/gpu_probe_wgmma_rate.py --json "$OUT/wgmma_rate.json" 2>&1 | grep -v "^{" | tail -30
+    fi
+    [ -n "${WGMMA_ARGS:-}" ] || exit 0
     stamp "probe the wgmma.sp kernel (an experiment)"
     timeout "${PROBE_TIMEOUT:-480}" python3 benchmarks/gpu_probe_wgmma_sp.py --jsonl "$OUT/gpu_probe_wgmma_sp.jsonl" \
         ${WGMMA_ARGS:-} 2>&1 | tail -c 200000 > "$OUT/probe_wgmma_sp.log"
