@@ -2,7 +2,9 @@
 (wgmma.mma_async m64nNk16), with A from registers (RS) or shared memory (SS) and B from shared memory, with no
 global memory traffic? The ceiling for gpu_probe_wgmma_sp.py, as gpu_probe_mma_rate.py is for mma.sp. Each
 warpgroup issues U instructions into one accumulator per round and waits for all but DEPTH rounds
-(DEPTH = -1: waits only at the end); the operands are constant bit noise (timing only). Prints TFLOP/s
+(DEPTH = -1: waits only at the end); the operands are constant bit noise (timing only). LOADA, SYNC, PROXY
+add, one by one, what gpu_probe_wgmma_sp.py's main loop does each round: A fragments and metadata words read
+from shared memory, a block barrier, a proxy fence. Prints TFLOP/s
 dense-equivalent (a 2:4 m64nNk32 counts 2 x 64 x N x 32).
 
     python benchmarks/gpu_probe_wgmma_rate.py [--json OUT.json]
@@ -34,16 +36,31 @@ extern "C" __global__ void __launch_bounds__(128 * WGR, 1) rate(float* out, int 
     asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
     __syncthreads();
     const u32 lane = threadIdx.x & 31;
-    const uint4 a = make_uint4(0x3c003c00u ^ lane, 0x3c003c00u, 0x38003800u, 0x3c00bc00u);
-    const u32 e = 0x44444444u;                                  // 2:4 positions 0, 1
+    uint4 a = make_uint4(0x3c003c00u ^ lane, 0x3c003c00u, 0x38003800u, 0x3c00bc00u);
+    u32 e = 0x44444444u;                                        // 2:4 positions 0, 1
+    u32* meta_words = (u32*)(smem_raw + (base - raw)) + 15360;  // valid metadata words for LOADA
+    for (int i = threadIdx.x; i < 1024; i += blockDim.x) meta_words[i] = 0x44444444u;
+    __syncthreads();
     const u64 desc_b = descriptor(base), desc_a = descriptor(base + 32768);
     float d[N / 2];
 #pragma unroll
     for (int i = 0; i < N / 2; ++i) d[i] = 0.f;
     for (int i = 0; i < iters; ++i) {
+#if SYNC
+        __syncthreads();
+#endif
+#if PROXY
+        asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+#endif
         asm volatile("wgmma.fence.sync.aligned;" ::: "memory");
 #pragma unroll
-        for (int u = 0; u < U; ++u) wgmma(d, a, desc_a, desc_b + 4 * (u & 1), e);
+        for (int u = 0; u < U; ++u) {
+#if LOADA                                                      // A fragment and metadata from shared memory
+            a = fill[(threadIdx.x + 128 * WGR * ((i + u) & 7)) & 2047];
+            e = meta_words[(threadIdx.x + 37 * u) & 1023];
+#endif
+            wgmma(d, a, desc_a, desc_b + 4 * (u & 1), e);
+        }
         asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory");
 #if DEPTH >= 0
         asm volatile("wgmma.wait_group.sync.aligned %0;" :: "n"(DEPTH) : "memory");
@@ -79,10 +96,12 @@ def wgmma_function(kind, n):
             "}\n")
 
 
-def measure(cp, kind, n, wgr, u, depth, iters=2048):
-    defines = f"#define N {n}\n#define WGR {wgr}\n#define U {u}\n#define DEPTH {depth}\n"
+def measure(cp, kind, n, wgr, u, depth, loada=0, sync=0, proxy=0, iters=2048):
+    defines = (f"#define N {n}\n#define WGR {wgr}\n#define U {u}\n#define DEPTH {depth}\n#define LOADA {loada}\n"
+               f"#define SYNC {sync}\n#define PROXY {proxy}\n")
     source = defines + SOURCE.replace("WGMMA_FUNCTION", wgmma_function(kind, n))
-    kernel = cubin_function(source, "rate", f"{kind} n{n} wg{wgr} u{u} depth{depth}")
+    kernel = cubin_function(source, "rate", f"{kind} n{n} wg{wgr} u{u} depth{depth} loada{loada} sync{sync} "
+                                            f"proxy{proxy}")
     kernel.max_dynamic_shared_size_bytes = 65536 + 1024
     sms = cp.cuda.Device().attributes["MultiProcessorCount"]
     out = cp.empty(sms * 128 * wgr, dtype=cp.float32)
@@ -102,8 +121,8 @@ def measure(cp, kind, n, wgr, u, depth, iters=2048):
     flop = 2 * 64 * n * 32 * count                       # dense-equivalent (a dense k16 pair = one k32)
     if KINDS[kind][2] == 16:
         flop //= 2
-    return {"kind": kind, "n": n, "warpgroups": wgr, "u": u, "depth": depth, "us": seconds * 1e6,
-            "tflops": flop / seconds / 1e12}
+    return {"kind": kind, "n": n, "warpgroups": wgr, "u": u, "depth": depth, "loada": loada, "sync": sync,
+            "proxy": proxy, "us": seconds * 1e6, "tflops": flop / seconds / 1e12}
 
 
 def main(argv=None):
@@ -115,18 +134,23 @@ def main(argv=None):
     cases = [("sp_rs", 256, 1, 2, 1), ("sp_rs", 256, 2, 2, 1), ("sp_rs", 256, 1, 4, -1), ("sp_rs", 256, 2, 4, -1),
              ("sp_rs", 128, 2, 4, -1), ("sp_rs", 256, 2, 2, 0),
              ("sp_ss", 256, 1, 4, -1), ("sp_ss", 256, 2, 4, -1), ("sp_ss", 256, 2, 2, 1),
-             ("dense_rs", 256, 2, 4, -1), ("dense_ss", 256, 2, 4, -1), ("dense_ss", 256, 2, 4, 1)]
+             ("dense_rs", 256, 2, 4, -1), ("dense_ss", 256, 2, 4, -1), ("dense_ss", 256, 2, 4, 1),
+             # what gpu_probe_wgmma_sp.py's loop adds: A and metadata from shared memory, a barrier, a proxy fence
+             ("sp_rs", 256, 2, 2, 1, 1), ("sp_rs", 256, 2, 2, 1, 0, 1), ("sp_rs", 256, 2, 2, 1, 0, 0, 1),
+             ("sp_rs", 256, 2, 2, 1, 1, 1, 1), ("sp_rs", 256, 2, 4, 1, 1, 1, 1), ("sp_rs", 256, 1, 2, 1, 1),
+             ("sp_ss", 256, 2, 2, 1, 1), ("sp_ss", 256, 2, 2, 1, 1, 1, 1), ("sp_ss", 256, 2, 4, 1, 1, 1, 1)]
     for case in cases:
         try:
             rows.append(measure(cp, *case))
         except Exception as exc:
             rows.append({"kind": case[0], "case": case, "error": f"{type(exc).__name__}: {exc}"[:400]})
         print(json.dumps(rows[-1]), flush=True)
-    print("| kind | N | warpgroups | per round | wait depth | TFLOP/s (dense-equivalent) |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    print("| kind | N | warpgroups | per round | wait depth | A, meta from smem | barrier | proxy fence | TFLOP/s |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in rows:
         if "tflops" in r:
-            print(f"| {r['kind']} | {r['n']} | {r['warpgroups']} | {r['u']} | {r['depth']} | {r['tflops']:.0f} |")
+            print(f"| {r['kind']} | {r['n']} | {r['warpgroups']} | {r['u']} | {r['depth']} | {r['loada']} | "
+                  f"{r['sync']} | {r['proxy']} | {r['tflops']:.0f} |")
     if args.json:
         json.dump(rows, open(args.json, "w"), indent=1)
 
