@@ -4,7 +4,8 @@ global memory traffic? The ceiling for gpu_probe_wgmma_sp.py, as gpu_probe_mma_r
 warpgroup issues U instructions into one accumulator per round and waits for all but DEPTH rounds
 (DEPTH = -1: waits only at the end); the operands are constant bit noise (timing only). LOADA, SYNC, PROXY
 add, one by one, what gpu_probe_wgmma_sp.py's main loop does each round: A fragments and metadata words read
-from shared memory, a block barrier, a proxy fence. Prints TFLOP/s
+from shared memory, a block barrier, a proxy fence. RANDOM fills the operands with random fp16 values
+(the power, hence the clock, of real data). Prints TFLOP/s
 dense-equivalent (a 2:4 m64nNk32 counts 2 x 64 x N x 32).
 
     python benchmarks/gpu_probe_wgmma_rate.py [--json OUT.json]
@@ -27,16 +28,32 @@ __device__ __forceinline__ u64 descriptor(u32 addr) {      // K-major, 128-byte 
 
 WGMMA_FUNCTION
 
+__device__ __forceinline__ u32 random_half(u32 i) {         // sign, exponent 13..16, mantissa from a hash of i
+    i ^= i >> 16; i *= 0x7feb352du; i ^= i >> 15; i *= 0x846ca68bu; i ^= i >> 16;
+    return ((i >> 15) & 0x8000u) | ((13u + (i & 3u)) << 10) | ((i >> 2) & 0x3ffu);
+}
+__device__ __forceinline__ u32 random_halves(u32 i) { return random_half(2 * i) | (random_half(2 * i + 1) << 16); }
+
 extern "C" __global__ void __launch_bounds__(128 * WGR, 1) rate(float* out, int iters) {
     extern __shared__ __align__(1024) unsigned char smem_raw[];
     const u32 raw = (u32)__cvta_generic_to_shared(smem_raw), base = (raw + 1023) & ~1023u;
     uint4* fill = (uint4*)(smem_raw + (base - raw));
     for (int i = threadIdx.x; i < 65536 / 16; i += blockDim.x)
+#if RANDOM                                                      // random fp16 in +-[0.25, 2): the power of real data
+        fill[i] = make_uint4(random_halves(4 * i), random_halves(4 * i + 1), random_halves(4 * i + 2),
+                             random_halves(4 * i + 3));
+#else
         fill[i] = make_uint4(0x3c003c00u ^ i, 0x38003800u, 0x3c00bc00u, 0x34003400u);   // fp16 bit noise
+#endif
     asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
     __syncthreads();
     const u32 lane = threadIdx.x & 31;
+#if RANDOM
+    uint4 a = make_uint4(random_halves(99991 * threadIdx.x), random_halves(99991 * threadIdx.x + 1),
+                         random_halves(99991 * threadIdx.x + 2), random_halves(99991 * threadIdx.x + 3));
+#else
     uint4 a = make_uint4(0x3c003c00u ^ lane, 0x3c003c00u, 0x38003800u, 0x3c00bc00u);
+#endif
     u32 e = 0x44444444u;                                        // 2:4 positions 0, 1
     u32* meta_words = (u32*)(smem_raw + (base - raw)) + 15360;  // valid metadata words for LOADA
     for (int i = threadIdx.x; i < 1024; i += blockDim.x) meta_words[i] = 0x44444444u;
@@ -45,26 +62,57 @@ extern "C" __global__ void __launch_bounds__(128 * WGR, 1) rate(float* out, int 
     float d[N / 2];
 #pragma unroll
     for (int i = 0; i < N / 2; ++i) d[i] = 0.f;
-    for (int i = 0; i < iters; ++i) {
+    // LOADA 1: each wgmma's A fragment and metadata word read from shared memory just before it; LOADA 2: a
+    // round's U fragments read into one of two register sets, the other set kept alive (an empty asm) until the
+    // round's wait, so that no register an unfinished wgmma reads is overwritten.
+    uint4 a_set[2][U];
+    u32 e_set[2][U];
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+        a_set[0][u] = a_set[1][u] = a;
+        e_set[0][u] = e_set[1][u] = e;
+    }
+    auto round = [&](int i, uint4 (&as)[U], u32 (&es)[U], const uint4 (&a_other)[U], const u32 (&e_other)[U]) {
 #if SYNC
         __syncthreads();
 #endif
 #if PROXY
         asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
 #endif
+#if LOADA == 2
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            as[u] = fill[(threadIdx.x + 128 * WGR * ((i + u) & 7)) & 2047];
+            es[u] = meta_words[(threadIdx.x + 37 * u) & 1023];
+        }
+#endif
         asm volatile("wgmma.fence.sync.aligned;" ::: "memory");
 #pragma unroll
         for (int u = 0; u < U; ++u) {
-#if LOADA                                                      // A fragment and metadata from shared memory
+#if LOADA == 1
             a = fill[(threadIdx.x + 128 * WGR * ((i + u) & 7)) & 2047];
             e = meta_words[(threadIdx.x + 37 * u) & 1023];
 #endif
+#if LOADA == 2
+            wgmma(d, as[u], desc_a, desc_b + 4 * (u & 1), es[u]);
+#else
             wgmma(d, a, desc_a, desc_b + 4 * (u & 1), e);
+#endif
         }
         asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory");
 #if DEPTH >= 0
         asm volatile("wgmma.wait_group.sync.aligned %0;" :: "n"(DEPTH) : "memory");
 #endif
+#if LOADA == 2
+#pragma unroll
+        for (int u = 0; u < U; ++u)
+            asm volatile("" :: "r"(a_other[u].x), "r"(a_other[u].y), "r"(a_other[u].z), "r"(a_other[u].w),
+                         "r"(e_other[u]));
+#endif
+    };
+    for (int i = 0; i < iters; i += 2) {
+        round(i, a_set[0], e_set[0], a_set[1], e_set[1]);
+        round(i + 1, a_set[1], e_set[1], a_set[0], e_set[0]);
     }
     asm volatile("wgmma.wait_group.sync.aligned 0;" ::: "memory");
     float s = 0.f;
@@ -96,12 +144,12 @@ def wgmma_function(kind, n):
             "}\n")
 
 
-def measure(cp, kind, n, wgr, u, depth, loada=0, sync=0, proxy=0, iters=2048):
+def measure(cp, kind, n, wgr, u, depth, loada=0, sync=0, proxy=0, random=0, iters=2048):
     defines = (f"#define N {n}\n#define WGR {wgr}\n#define U {u}\n#define DEPTH {depth}\n#define LOADA {loada}\n"
-               f"#define SYNC {sync}\n#define PROXY {proxy}\n")
+               f"#define SYNC {sync}\n#define PROXY {proxy}\n#define RANDOM {random}\n")
     source = defines + SOURCE.replace("WGMMA_FUNCTION", wgmma_function(kind, n))
     kernel = cubin_function(source, "rate", f"{kind} n{n} wg{wgr} u{u} depth{depth} loada{loada} sync{sync} "
-                                            f"proxy{proxy}")
+                                            f"proxy{proxy} random{random}")
     kernel.max_dynamic_shared_size_bytes = 65536 + 1024
     sms = cp.cuda.Device().attributes["MultiProcessorCount"]
     out = cp.empty(sms * 128 * wgr, dtype=cp.float32)
@@ -122,7 +170,7 @@ def measure(cp, kind, n, wgr, u, depth, loada=0, sync=0, proxy=0, iters=2048):
     if KINDS[kind][2] == 16:
         flop //= 2
     return {"kind": kind, "n": n, "warpgroups": wgr, "u": u, "depth": depth, "loada": loada, "sync": sync,
-            "proxy": proxy, "us": seconds * 1e6, "tflops": flop / seconds / 1e12}
+            "proxy": proxy, "random": random, "us": seconds * 1e6, "tflops": flop / seconds / 1e12}
 
 
 def main(argv=None):
@@ -138,19 +186,27 @@ def main(argv=None):
              # what gpu_probe_wgmma_sp.py's loop adds: A and metadata from shared memory, a barrier, a proxy fence
              ("sp_rs", 256, 2, 2, 1, 1), ("sp_rs", 256, 2, 2, 1, 0, 1), ("sp_rs", 256, 2, 2, 1, 0, 0, 1),
              ("sp_rs", 256, 2, 2, 1, 1, 1, 1), ("sp_rs", 256, 2, 4, 1, 1, 1, 1), ("sp_rs", 256, 1, 2, 1, 1),
-             ("sp_ss", 256, 2, 2, 1, 1), ("sp_ss", 256, 2, 2, 1, 1, 1, 1), ("sp_ss", 256, 2, 4, 1, 1, 1, 1)]
+             ("sp_ss", 256, 2, 2, 1, 1), ("sp_ss", 256, 2, 2, 1, 1, 1, 1), ("sp_ss", 256, 2, 4, 1, 1, 1, 1),
+             # the same on random operands (power): the rate real data can have
+             ("sp_rs", 256, 2, 4, -1, 0, 0, 0, 1), ("sp_ss", 256, 2, 4, -1, 0, 0, 0, 1),
+             ("dense_ss", 256, 2, 4, -1, 0, 0, 0, 1), ("dense_rs", 256, 2, 4, -1, 0, 0, 0, 1),
+             ("sp_rs", 256, 2, 2, 1, 1, 1, 1, 1), ("sp_ss", 256, 2, 2, 1, 1, 1, 1, 1),
+             # two register sets for A and metadata (LOADA 2)
+             ("sp_rs", 256, 2, 2, 1, 2), ("sp_rs", 256, 1, 2, 1, 2), ("sp_rs", 256, 2, 2, 1, 2, 1, 1),
+             ("sp_rs", 256, 2, 4, 1, 2, 1, 1), ("sp_rs", 256, 2, 2, 1, 2, 1, 1, 1), ("sp_ss", 256, 2, 2, 1, 2, 1, 1, 1)]
     for case in cases:
         try:
             rows.append(measure(cp, *case))
         except Exception as exc:
             rows.append({"kind": case[0], "case": case, "error": f"{type(exc).__name__}: {exc}"[:400]})
         print(json.dumps(rows[-1]), flush=True)
-    print("| kind | N | warpgroups | per round | wait depth | A, meta from smem | barrier | proxy fence | TFLOP/s |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| kind | N | warpgroups | per round | wait depth | A, meta from smem | barrier | proxy fence | random "
+          "| TFLOP/s |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in rows:
         if "tflops" in r:
             print(f"| {r['kind']} | {r['n']} | {r['warpgroups']} | {r['u']} | {r['depth']} | {r['loada']} | "
-                  f"{r['sync']} | {r['proxy']} | {r['tflops']:.0f} |")
+                  f"{r['sync']} | {r['proxy']} | {r['random']} | {r['tflops']:.0f} |")
     if args.json:
         json.dump(rows, open(args.json, "w"), indent=1)
 

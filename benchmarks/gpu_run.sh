@@ -80,6 +80,13 @@ wgmma)
         stamp "wgmma / wgmma.sp issue rate (no global memory traffic)"
         timeout 200 python3 benchmarks/gpu_probe_wgmma_rate.py --json "$OUT/wgmma_rate.json" 2>&1 | grep -v "^{" | tail -30
     fi
+    if [ -n "${WGMMA_SASS:-}" ]; then                 # the wgmma, barrier and shared-load lines of every cubin built
+        for f in /tmp/nmref_wgmma/*.cubin; do
+            echo "### $f $(head -c 300 "${f%.cubin}.cu" | tr '\n' ' ')"
+            cuobjdump -sass "$f" | grep -E "HGMMA|WARPGROUP|DEPBAR|BAR|LDS|BRA|WARPSYNC" | sed 's/ *\/\* [0-9a-fx]* \*\/ *$//'
+        done > "$OUT/wgmma_sass.txt" 2>&1
+        grep -c HGMMA "$OUT/wgmma_sass.txt"
+    fi
     [ -n "${WGMMA_ARGS:-}" ] || exit 0
     stamp "probe the wgmma.sp kernel (an experiment)"
     timeout "${PROBE_TIMEOUT:-480}" python3 benchmarks/gpu_probe_wgmma_sp.py --jsonl "$OUT/gpu_probe_wgmma_sp.jsonl" \
