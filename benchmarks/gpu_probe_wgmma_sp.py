@@ -42,9 +42,10 @@ from gpu_probe_mma_sp import check, jsonl_emitter, summarize, timing  # noqa: E4
 
 from nmref.kernels import sparse_mma  # noqa: E402
 
-WgmmaConfig = namedtuple("WgmmaConfig", "wg bn stages split kw fence noload double", defaults=(1, 1, 0, 1))
+WgmmaConfig = namedtuple("WgmmaConfig", "wg bn stages split kw fence noload", defaults=(1, 1, 0))
 IDENTITY_ORDER = tuple(range(8))
 PACK_ROW_TILES = 16                    # rows padded to whole blocks of every launch shape (WG <= 4)
+PACK_K = 128                           # columns padded to whole stage tiles of every launch shape (KW <= 2)
 SWEEP = tuple(WgmmaConfig(*c) for c in [
     (2, 256, 4, 4), (2, 256, 4, 2), (2, 256, 4, 1), (1, 256, 4, 2), (1, 256, 5, 1),
     (2, 128, 6, 2), (2, 128, 6, 4), (2, 128, 4, 1), (1, 128, 6, 1), (1, 128, 6, 2),
@@ -103,7 +104,7 @@ __device__ __forceinline__ void cluster_sync() {
 // A thread's copies of every stage, addresses worked out once. x: chunks c = tid + j THREADS of each KW sub-tile,
 // row n = c / 8 (x row row0 + n), chunk q = tid % 8 (fixed per thread, as is the swizzle n & 7); A: the thread
 // copies its own warp's fragments of the KS k-steps (lane = its lane); metadata: lanes < 4 KS of each warp copy
-// their warp's words, 16 bytes each. Copies of k-steps >= s_end and x rows >= M are zero-filled.
+// their warp's words, 16 bytes each. x's k-steps >= K / 32 and x rows >= M are zero-filled.
 struct Loader {
     static constexpr int X_PER_SUB = SUB_BYTES / 16 / THREADS;      // x chunks per thread per sub-tile
     static constexpr int X_JUMP = THREADS / 8;                      // x rows between a thread's chunks
@@ -111,40 +112,41 @@ struct Loader {
     const uint4* a_src;                                             // vals[tile0 + warp][0][lane]
     const u32* e_src;                                               // meta[tile0 + warp][lane / 4][4 (lane % 4)]
     u32 x_dst, a_dst, e_dst;                                        // offsets within a stage
-    int x_rows_left, x_step, K, k_steps;
+    int x_rows_left, x_step, K;
     bool e_active;
 
     __device__ Loader(const uint4* vals, const u32* meta, const u16* x, int tile0, int row0, int M, int K_,
-                      int k_steps_) : K(K_), k_steps(k_steps_) {
+                      int kp) : K(K_) {
         const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, n0 = tid >> 3, q = tid & 7;
         x_src = x + (size_t)min(row0 + n0, M - 1) * K + 8 * q;
         x_dst = n0 * 128 + ((q ^ (n0 & 7)) << 4);
         x_rows_left = M - row0 - n0;
         x_step = q >> 2;
-        a_src = vals + (size_t)(tile0 + warp) * k_steps * 32 + lane;
+        a_src = vals + (size_t)(tile0 + warp) * kp * 32 + lane;
         a_dst = X_BYTES + 16 * (warp * KS * 32 + lane);
         e_active = lane < 4 * KS;
-        e_src = meta + ((size_t)(tile0 + warp) * k_steps + (lane >> 2)) * 16 + 4 * (lane & 3);
+        e_src = meta + ((size_t)(tile0 + warp) * kp + (lane >> 2)) * 16 + 4 * (lane & 3);
         e_dst = X_BYTES + A_BYTES + 16 * (warp * KS * 4 + lane);
     }
 
-    // the copies of stage tile `tile` (k-steps KS tile .. KS tile + KS - 1) into the stage at shared address `stage`
-    __device__ __forceinline__ void load(u32 stage, int tile, int s_end) const {
+    // the copies of stage tile `tile` (k-steps KS tile .. KS tile + KS - 1) into the stage at shared address `stage`;
+    // x's k-steps from x_steps = K / 32 on are zero-filled (the pack's are zero columns with valid metadata)
+    __device__ __forceinline__ void load(u32 stage, int tile, int x_steps) const {
         const int s0 = KS * tile;
-        const bool full = s0 + KS <= s_end;
+        const bool full = s0 + KS <= x_steps;
 #pragma unroll
         for (int w = 0; w < KW; ++w)
 #pragma unroll
             for (int j = 0; j < X_PER_SUB; ++j) {
-                const bool valid = j * X_JUMP < x_rows_left && (full || s0 + 2 * w + x_step < s_end);
+                const bool valid = j * X_JUMP < x_rows_left && (full || s0 + 2 * w + x_step < x_steps);
                 cp_async16(stage + x_dst + w * SUB_BYTES + j * X_JUMP * 128,
                            x_src + (size_t)j * X_JUMP * K + 32 * (s0 + 2 * w), valid);
             }
 #pragma unroll
         for (int u = 0; u < KS; ++u)
-            cp_async16(stage + a_dst + 16 * 32 * u, a_src + (size_t)(s0 + u) * 32, full || s0 + u < s_end);
+            cp_async16(stage + a_dst + 16 * 32 * u, a_src + (size_t)(s0 + u) * 32, true);
         if (e_active)
-            cp_async16(stage + e_dst, e_src + (size_t)s0 * 16, full || s0 + (threadIdx.x & 31) / 4 < s_end);
+            cp_async16(stage + e_dst, e_src + (size_t)s0 * 16, true);
     }
 };
 static_assert(SUB_BYTES % (16 * THREADS) == 0, "every thread copies whole x shares");
@@ -158,43 +160,31 @@ static_assert(KS <= 8, "metadata copies: 4 KS lanes of a warp");
 
 extern "C" __global__ void CLUSTER __launch_bounds__(THREADS, 1)
 nm24_wgmma_sp(const uint4* __restrict__ vals, const u32* __restrict__ meta, const u16* __restrict__ x,
-              const u16* __restrict__ bias, int has_bias, u16* __restrict__ y, int M, int N, int K)
+              const u16* __restrict__ bias, int has_bias, u16* __restrict__ y, int M, int N, int K, int kp)
 {
     extern __shared__ __align__(1024) unsigned char smem_raw[];
     const u32 base = (smem_addr(smem_raw) + 1023) & ~1023u;       // stages start on 1024-byte boundaries
     unsigned char* smem = smem_raw + (base - smem_addr(smem_raw));
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;   // warp = 4 warpgroup + warp of the group
     const int g = lane >> 2, t = lane & 3;
-    const int k_steps = K / 32, k_tiles = (k_steps + KS - 1) / KS;
+    const int x_steps = K / 32, k_tiles = kp / KS;                 // kp: the pack's k-steps, a multiple of KS
     const int tile0 = blockIdx.x * TILES, row0 = blockIdx.y * BN;
     const int rank = blockIdx.z;                                   // the block's rank in its (1, 1, SPLIT) cluster
     const int per = (k_tiles + SPLIT - 1) / SPLIT;
     const int t_begin = min(k_tiles, rank * per), t_end = min(k_tiles, t_begin + per);
-    const int s_end = min(k_steps, KS * t_end);
     const int tiles = t_end - t_begin;
 
     float d[BN / 2];
 #pragma unroll
     for (int i = 0; i < BN / 2; ++i) d[i] = 0.f;
 
-    const Loader loader(vals, meta, x, tile0, row0, M, K, k_steps);
+    const Loader loader(vals, meta, x, tile0, row0, M, K, kp);
 #pragma unroll
     for (int i = 0; i < STAGES - 2; ++i) {
-        if (i < tiles) loader.load(base + i * STAGE_BYTES, t_begin + i, s_end);
+        if (i < tiles) loader.load(base + i * STAGE_BYTES, t_begin + i, x_steps);
         asm volatile("cp.async.commit_group;" ::: "memory");
     }
-    // One round per stage tile. A wgmma reads its A and metadata registers until it completes, so rounds
-    // alternate between two register sets: round i loads set i % 2 while round i - 1's wgmma (set (i - 1) % 2)
-    // still runs, and after wait_group 1 (round i - 1 done) it keeps set (i - 1) % 2 alive with an empty asm, so
-    // that the compiler cannot reuse those registers for set i % 2 (which would make each round wait for the last).
-    uint4 a_even[KS], a_odd[KS];
-    u32 e_even[KS], e_odd[KS];
-#pragma unroll
-    for (int u = 0; u < KS; ++u) {
-        a_even[u] = a_odd[u] = make_uint4(0u, 0u, 0u, 0u);
-        e_even[u] = e_odd[u] = 0u;
-    }
-    auto round = [&](int i, uint4 (&a)[KS], u32 (&e)[KS], const uint4 (&a_other)[KS], const u32 (&e_other)[KS]) {
+    for (int i = 0; i < tiles; ++i) {
         asm volatile("cp.async.wait_group %0;" :: "n"(STAGES - 3) : "memory");
 #if FENCE
         asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
@@ -202,35 +192,26 @@ nm24_wgmma_sp(const uint4* __restrict__ vals, const u32* __restrict__ meta, cons
         __syncthreads();                           // tile i landed; every wgmma of tile i - 2 is done
         const int next = i + STAGES - 2;
         if (next < tiles && !NOLOAD)                 // NOLOAD: timing of the compute side alone (wrong results)
-            loader.load(base + (next % STAGES) * STAGE_BYTES, t_begin + next, s_end);
+            loader.load(base + (next % STAGES) * STAGE_BYTES, t_begin + next, x_steps);
         asm volatile("cp.async.commit_group;" ::: "memory");
 
         const u32 stage = base + (i % STAGES) * STAGE_BYTES;
         const unsigned char* sp = smem + (i % STAGES) * STAGE_BYTES;
         const uint4* a_frags = (const uint4*)(sp + X_BYTES) + warp * 32 * KS;      // [k-step][lane]
         const u32* e_words = (const u32*)(sp + X_BYTES + A_BYTES) + warp * 16 * KS; // [k-step][16]
-        const int steps = s_end - KS * (t_begin + i);                               // uniform over the block
+        uint4 a[KS];
+        u32 e[KS];
 #pragma unroll
         for (int u = 0; u < KS; ++u) {
             a[u] = a_frags[32 * u + lane];
             e[u] = e_words[16 * u + 2 * g + (t & 1)];
         }
-        wgmma_fence();
-#pragma unroll
+        wgmma_fence();                             // whole tiles (the pack is padded): no branch between the wgmma,
+#pragma unroll                                     // so ptxas keeps them in one group
         for (int u = 0; u < KS; ++u)
-            if (u < steps) wgmma_sp(d, a[u], descriptor(stage + (u >> 1) * SUB_BYTES + 64 * (u & 1)), e[u]);
+            wgmma_sp(d, a[u], descriptor(stage + (u >> 1) * SUB_BYTES + 64 * (u & 1)), e[u]);
         wgmma_commit();
         wgmma_wait<1>();
-#if DOUBLE
-#pragma unroll
-        for (int u = 0; u < KS; ++u)
-            asm volatile("" :: "r"(a_other[u].x), "r"(a_other[u].y), "r"(a_other[u].z), "r"(a_other[u].w),
-                         "r"(e_other[u]));
-#endif
-    };
-    for (int i = 0; i < tiles; i += 2) {
-        round(i, a_even, e_even, a_odd, e_odd);
-        if (i + 1 < tiles) round(i + 1, a_odd, e_odd, a_even, e_even);
     }
     wgmma_wait<0>();
     asm volatile("cp.async.wait_group 0;" ::: "memory");
@@ -344,18 +325,24 @@ class WgmmaPacked:
     def __init__(self, weight, bias=None):
         self.dtype = np.dtype(weight.dtype).name
         self.out_features, self.in_features = weight.shape
+        pad = -self.in_features % PACK_K
+        if pad:                                # zero columns: whole stage tiles, valid metadata (positions 0, 1)
+            import cupy
+            weight = cupy.concatenate([weight, cupy.zeros((self.out_features, pad), weight.dtype)], axis=1)
         self.vals, self.meta = sparse_mma.pack(weight, PACK_ROW_TILES, IDENTITY_ORDER)
         self.bias = bias
 
     def launch(self, x, out, config):
         """out (batch, out) = x (batch, in) @ W.T (+ bias) on the current CuPy stream."""
+        assert PACK_K % (64 * config.kw) == 0
         bm, bn = tile_shape(config)
         batch = x.shape[0]
         grid = (-(-self.out_features // bm), -(-batch // bn), config.split)
         bias = x if self.bias is None else self.bias
         compiled(self.dtype, config)(grid, (128 * config.wg,), (
             self.vals, self.meta, x, bias, np.int32(self.bias is not None), out, np.int32(batch),
-            np.int32(self.out_features), np.int32(self.in_features)), shared_mem=shared_bytes(config))
+            np.int32(self.out_features), np.int32(self.in_features), np.int32(self.vals.shape[1])),
+            shared_mem=shared_bytes(config))
 
 
 def ncu_target(config, batch, size):
