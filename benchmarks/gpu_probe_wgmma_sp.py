@@ -160,7 +160,8 @@ static_assert(KS <= 8, "metadata copies: 4 KS lanes of a warp");
 
 extern "C" __global__ void CLUSTER __launch_bounds__(THREADS, 1)
 nm24_wgmma_sp(const uint4* __restrict__ vals, const u32* __restrict__ meta, const u16* __restrict__ x,
-              const u16* __restrict__ bias, int has_bias, u16* __restrict__ y, int M, int N, int K, int kp)
+              const u16* __restrict__ bias, int has_bias, u16* __restrict__ y, int M, int N, int K, int kp,
+              int never)
 {
     extern __shared__ __align__(1024) unsigned char smem_raw[];
     const u32 base = (smem_addr(smem_raw) + 1023) & ~1023u;       // stages start on 1024-byte boundaries
@@ -184,7 +185,14 @@ nm24_wgmma_sp(const uint4* __restrict__ vals, const u32* __restrict__ meta, cons
         if (i < tiles) loader.load(base + i * STAGE_BYTES, t_begin + i, x_steps);
         asm volatile("cp.async.commit_group;" ::: "memory");
     }
-    for (int i = 0; i < tiles; ++i) {
+    // A wgmma reads its A and metadata registers until it completes (PTX: they must not change before the
+    // wait_group that covers it), and round i + 1 runs while round i's wgmma do. So rounds alternate two register
+    // sets, and after round i + 1's wait_group 1 (round i done) set i % 2 is folded into `keep`, which is stored
+    // only if never != 0: ptxas must keep the two sets apart (an empty asm would not reach it).
+    uint4 a_set[2][KS];
+    u32 e_set[2][KS];
+    u32 keep = 0;
+    auto round = [&](int i, uint4 (&a)[KS], u32 (&e)[KS], const uint4 (&a_done)[KS], const u32 (&e_done)[KS]) {
         asm volatile("cp.async.wait_group %0;" :: "n"(STAGES - 3) : "memory");
 #if FENCE
         asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
@@ -199,20 +207,30 @@ nm24_wgmma_sp(const uint4* __restrict__ vals, const u32* __restrict__ meta, cons
         const unsigned char* sp = smem + (i % STAGES) * STAGE_BYTES;
         const uint4* a_frags = (const uint4*)(sp + X_BYTES) + warp * 32 * KS;      // [k-step][lane]
         const u32* e_words = (const u32*)(sp + X_BYTES + A_BYTES) + warp * 16 * KS; // [k-step][16]
-        uint4 a[KS];
-        u32 e[KS];
 #pragma unroll
         for (int u = 0; u < KS; ++u) {
             a[u] = a_frags[32 * u + lane];
             e[u] = e_words[16 * u + 2 * g + (t & 1)];
         }
         wgmma_fence();                             // whole tiles (the pack is padded): no branch between the wgmma,
-#pragma unroll                                     // so ptxas keeps them in one group
+#pragma unroll                                     // so they form one group
         for (int u = 0; u < KS; ++u)
             wgmma_sp(d, a[u], descriptor(stage + (u >> 1) * SUB_BYTES + 64 * (u & 1)), e[u]);
         wgmma_commit();
         wgmma_wait<1>();
+#pragma unroll
+        for (int u = 0; u < KS; ++u) keep ^= a_done[u].x ^ a_done[u].y ^ a_done[u].z ^ a_done[u].w ^ e_done[u];
+    };
+#pragma unroll
+    for (int u = 0; u < KS; ++u) {
+        a_set[0][u] = a_set[1][u] = make_uint4(0u, 0u, 0u, 0u);
+        e_set[0][u] = e_set[1][u] = 0u;
     }
+    for (int i = 0; i < tiles; i += 2) {
+        round(i, a_set[0], e_set[0], a_set[1], e_set[1]);
+        if (i + 1 < tiles) round(i + 1, a_set[1], e_set[1], a_set[0], e_set[0]);
+    }
+    if (never) y[0] = (u16)keep;
     wgmma_wait<0>();
     asm volatile("cp.async.wait_group 0;" ::: "memory");
     __syncthreads();                                               // the stages are free: reuse them
@@ -341,7 +359,7 @@ class WgmmaPacked:
         bias = x if self.bias is None else self.bias
         compiled(self.dtype, config)(grid, (128 * config.wg,), (
             self.vals, self.meta, x, bias, np.int32(self.bias is not None), out, np.int32(batch),
-            np.int32(self.out_features), np.int32(self.in_features), np.int32(self.vals.shape[1])),
+            np.int32(self.out_features), np.int32(self.in_features), np.int32(self.vals.shape[1]), np.int32(0)),
             shared_mem=shared_bytes(config))
 
 
