@@ -63,8 +63,9 @@ extern "C" __global__ void __launch_bounds__(128 * WGR, 1) rate(float* out, int 
 #pragma unroll
     for (int i = 0; i < N / 2; ++i) d[i] = 0.f;
     // LOADA 1: each wgmma's A fragment and metadata word read from shared memory just before it; LOADA 2: a
-    // round's U fragments read into one of two register sets, the other set kept alive (an empty asm) until the
-    // round's wait, so that no register an unfinished wgmma reads is overwritten.
+    // round's U fragments read into one of two register sets, the other set "kept alive" by an empty asm after
+    // the round's wait. ptxas never sees an empty asm: it merges the sets and serializes every HGMMA (SASS in
+    // results/gpu_wgmma_sass_2026-11-21.txt); gpu_probe_wgmma_sp.py keeps its sets apart with a real use.
     uint4 a_set[2][U];
     u32 e_set[2][U];
 #pragma unroll

@@ -1,28 +1,43 @@
 """Probe of a 2:4 kernel on Hopper's warpgroup sparse MMA, wgmma.mma_async.sp (sm_90a), for the batches and
-shapes where mma.sp cannot win (gpu_probe_mma_rate.py: mma.sp tops out near 1.2x dense cuBLAS).
+shapes where mma.sp cannot win (gpu_probe_mma_rate.py: mma.sp tops out near 1.2x dense cuBLAS). An experiment,
+not part of nmref: right on every check, slower than cuSPARSELt (results/gpu_probe_wgmma_sp_2026-11-21.md).
 
 The kernel. A block of WG warpgroups owns BM = 64 WG rows of W and BN rows of x (BN = the instruction's N),
-and moves K through STAGES shared-memory buffers of 64 columns (two k-steps of 32) by cp.async. A stage holds
-the x tile, BN rows of 128 bytes in the 128-byte swizzle wgmma reads through a matrix descriptor (16-byte chunk
-q of row n at q ^ (n & 7); B is x^T, K-major), then the block's A fragments and metadata words as ``pack`` lays
-them out for m16n8k32 (IDENTITY_ORDER: W's groups in place). Warp w of a warpgroup holds rows 16w..16w+15 of
-its 64-row A operand in registers, in mma.sp's m16n8k32 fragment layout, metadata in lanes 4g, 4g+1
-(selector 0): the hypothesis this probe's checks test. One wgmma m64nBNk32 per k-step, fp32 accumulators.
+and moves K through STAGES shared-memory buffers of KW x 64 columns (2 KW k-steps of 32) by cp.async. A stage
+holds the x tile, KW sub-tiles of BN rows of 128 bytes in the 128-byte swizzle wgmma reads through a matrix
+descriptor (16-byte chunk q of row n at q ^ (n & 7); B is x^T, K-major), then the block's A fragments and
+metadata words as ``pack`` lays them out for m16n8k32 (IDENTITY_ORDER: W's groups in place). Warp w of a
+warpgroup holds rows 16w..16w+15 of its 64-row A operand in registers in mma.sp's m16n8k32 fragment layout,
+metadata in lanes 4g, 4g+1 (selector 0): the layout the checks confirmed on the first run. One wgmma
+m64nBNk32 per k-step, fp32 accumulators. The pack's K is padded to whole stage tiles (zero columns, valid
+metadata), so the wgmma of a round are issued without a branch between them and form one group.
 
-Pipeline: at iteration i every thread waits for its copies of tile i, fences them into the async proxy and
-meets the block at a barrier; it then issues the copies of tile i + STAGES - 2 (their buffer was read by the
-wgmma of tile i - 2, which every warpgroup has waited for), loads tile i's A fragments from shared memory,
-issues the two wgmma and waits for the previous tile's (wgmma.wait_group 1).
+Pipeline: at round i every thread waits for its copies of tile i, fences them into the async proxy and meets
+the block at a barrier; it then issues the copies of tile i + STAGES - 2 (their buffer was read by the wgmma of
+tile i - 2, which every warpgroup has waited for), reads tile i's A fragments from shared memory into one of
+two register sets, issues the round's wgmma and waits for the previous round's (wgmma.wait_group 1). A wgmma
+reads its registers until it completes, so the two sets must stay apart: a real use of the other set after the
+wait keeps ptxas from merging them (with one set, round i + 1 overwrote registers round i still read: NaN).
 
 K splits over a (1, 1, SPLIT) thread-block cluster as in gpu_probe_mma_tiled.py: each block leaves its fp32
 partial tile in its shared memory and block r sums x rows [r BN / SPLIT, (r + 1) BN / SPLIT) of the SPLIT tiles
 in rank order through distributed shared memory, adds the bias, rounds once and writes y: deterministic, one
-launch.
+launch. FENCE 0 drops the proxy fence (3% faster, not guaranteed by PTX); NOLOAD 1 skips the main loop's
+copies (the compute side alone, wrong results).
+
+Why it stays behind cuSPARSELt (arithmetic from the measured rates, gpu_probe_wgmma_rate.py): a sparse
+m64nNk32 reads its B (32 x N fp16) from shared memory per warpgroup, 16 KB per 524k multiply-adds at N = 256,
+so at the instruction's rate (~3,950 a clock per SM, 1,900 TFLOP/s dense-equivalent) B alone takes ~123 of the
+128 bytes a clock shared memory delivers (32 banks of 4 bytes). Writing the stages (x, A) and reading A on top
+bound a sparse GEMM built this way near 57% of the instruction's peak (A staged in shared memory, as here) or
+67% (A loaded straight into registers): about 1.1-1.3 PFLOP/s. Measured at 4096^3: cuSPARSELt 1.08 PFLOP/s,
+this kernel 0.69 (0.95 with its copies removed).
 
 The cubin is built by nvcc (-arch=sm_90a) on the GPU machine, since the wgmma instructions need sm_90a.
 
-    python benchmarks/gpu_probe_wgmma_sp.py --jsonl OUT.jsonl [--batches 64,256,4096] [--sizes 4096]
+    python benchmarks/gpu_probe_wgmma_sp.py --jsonl OUT.jsonl [--batches 64,256,4096] [--configs 2,256,4,1]
     python benchmarks/gpu_probe_wgmma_sp.py --source 2,256,4,4 > k.cu      (the CUDA source of one launch shape)
+    python benchmarks/gpu_probe_wgmma_sp.py --ncu-target 2,256,5,1:4096:4096  (three launches, for ncu)
 """
 import argparse
 import functools
