@@ -40,6 +40,20 @@ extern "C" __global__ void rate(float* out, int iters) {
 """
 
 
+def median_seconds(cp, launch, repeats=5):
+    """Median GPU time (CUDA events) of `launch()` over `repeats` runs, after one warm-up run."""
+    launch()
+    start, end = cp.cuda.Event(), cp.cuda.Event()
+    times = []
+    for _ in range(repeats):
+        start.record()
+        launch()
+        end.record()
+        end.synchronize()
+        times.append(cp.cuda.get_elapsed_time(start, end) * 1e-3)
+    return sorted(times)[repeats // 2]
+
+
 def measure(cp, sparse, warps, chains, dtype="float16", iters=4096, blocks_per_sm=1):
     src = (f'#define IS_BF16 {int(dtype == "bfloat16")}\n#define PTX_TYPE "{sparse_mma.PTX_TYPES[dtype]}"\n'
            f"#define SPARSE {int(sparse)}\n#define CHAINS {chains}\n{sparse_mma.DEVICE_COMMON}{SOURCE}")
@@ -48,16 +62,7 @@ def measure(cp, sparse, warps, chains, dtype="float16", iters=4096, blocks_per_s
     blocks = sms * blocks_per_sm
     out = cp.empty(blocks * 32 * warps, dtype=cp.float32)
     args = (out, cp.int32(iters))
-    kernel((blocks,), (32 * warps,), args)
-    start, end = cp.cuda.Event(), cp.cuda.Event()
-    times = []
-    for _ in range(5):
-        start.record()
-        kernel((blocks,), (32 * warps,), args)
-        end.record()
-        end.synchronize()
-        times.append(cp.cuda.get_elapsed_time(start, end) * 1e-3)
-    seconds = sorted(times)[2]
+    seconds = median_seconds(cp, lambda: kernel((blocks,), (32 * warps,), args))
     mmas = blocks * warps * chains * iters
     flop = 2 * 16 * 8 * (32 if sparse else 16) * mmas
     clocks_per_mma_per_sm = seconds * 1.98e9 / (mmas / sms)

@@ -50,6 +50,69 @@ SWEEP = tuple(TiledConfig(*c) for c in
 CHECK_SHAPES = [(256, 4096, 4096), (3, 32, 16), (13, 96, 80), (130, 64, 48), (200, 512, 1000), (300, 1024, 272),
                 (1000, 4096, 1000)]
 
+# Device helpers of the probes' split-K kernels (here and gpu_probe_wgmma_sp.py); SPLIT is the cluster size.
+SPLIT_K_COMMON = r"""
+__device__ __forceinline__ u32 smem_addr(const void* p) { return (u32)__cvta_generic_to_shared(p); }
+
+// 16 bytes global -> shared address dst, or 16 zero bytes if !valid (src-size 0: src is not read)
+__device__ __forceinline__ void cp_async16(u32 dst, const void* src, bool valid) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" :: "r"(dst), "l"(src), "r"(valid ? 16 : 0)
+                 : "memory");
+}
+
+__device__ __forceinline__ float ld_cluster(u32 addr, int rank) {     // a float of block `rank`'s shared memory
+    u32 remote;
+    float v;
+    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(addr), "r"(rank));
+    asm volatile("ld.shared::cluster.f32 %0, [%1];" : "=f"(v) : "r"(remote) : "memory");
+    return v;
+}
+
+__device__ __forceinline__ void cluster_sync() {
+    asm volatile("barrier.cluster.arrive.release.aligned;\n\tbarrier.cluster.wait.acquire.aligned;" ::: "memory");
+}
+
+#if SPLIT > 1
+#define CLUSTER __cluster_dims__(1, 1, SPLIT)
+#else
+#define CLUSTER
+#endif
+
+// The end of a split-K block, once its fp32 partial tile red[X_ROWS][PITCH] (x row, W row) is in shared
+// memory: block `rank` of the (1, 1, SPLIT) cluster sums x rows [rank X_ROWS / SPLIT, (rank + 1) X_ROWS / SPLIT)
+// of the SPLIT tiles (W_ROWS W rows each) in rank order (deterministic), adds the bias, rounds once and writes
+// y[row0 + b][col0 + n].
+template <int W_ROWS, int X_ROWS, int PITCH, int NTHREADS>
+__device__ __forceinline__ void finish_split(const float* red, int rank, int row0, int col0,
+        const u16* __restrict__ bias, int has_bias, u16* __restrict__ y, int M, int N) {
+#if SPLIT > 1
+    cluster_sync();                                    // every partial tile of the cluster is written
+    const u32 red_addr = smem_addr(red);
+#else
+    __syncthreads();
+#endif
+    constexpr int ROWS = X_ROWS / SPLIT;                   // x rows this block finishes
+    for (int i = threadIdx.x; i < ROWS * W_ROWS; i += NTHREADS) {
+        const int b = rank * ROWS + i / W_ROWS, n = i % W_ROWS;
+        const int row = row0 + b, col = col0 + n;
+#if SPLIT > 1
+        float sum = 0.f;
+#pragma unroll
+        for (int w = 0; w < SPLIT; ++w) sum += ld_cluster(red_addr + 4 * (b * PITCH + n), w);
+#else
+        float sum = red[b * PITCH + n];
+#endif
+        if (row < M && col < N) {
+            if (has_bias) sum += to_float(bias[col]);
+            y[(size_t)row * N + col] = from_float(sum);
+        }
+    }
+#if SPLIT > 1
+    cluster_sync();                                    // keep this block's tile alive until the others read it
+#endif
+}
+"""
+
 SOURCE = r"""
 constexpr int THREADS = 32 * WARPS;
 constexpr int TILES = WARPS * RW;                      // row tiles (16 W rows each) of the block
@@ -62,14 +125,6 @@ constexpr int STAGE_CHUNKS = A_CHUNKS + E_CHUNKS + X_CHUNKS;
 constexpr int P = BM + 4;                              // row pitch (floats) of the partial tile red[BN][P]
 static_assert(KC % 2 == 0, "the x swizzle needs rows of at least 128 bytes (KC even)");
 static_assert(BN % SPLIT == 0, "each block of the cluster finishes BN / SPLIT x rows");
-
-__device__ __forceinline__ u32 smem_addr(const void* p) { return (u32)__cvta_generic_to_shared(p); }
-
-// 16 bytes global -> shared, or 16 zero bytes if !valid (src-size 0: src is not read)
-__device__ __forceinline__ void cp_async16(uint4* dst, const void* src, bool valid) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;"
-                 :: "r"(smem_addr(dst)), "l"(src), "r"(valid ? 16 : 0) : "memory");
-}
 
 __device__ __forceinline__ int x_chunk(int n, int q) { return n * (KC * 4) + (q ^ (n & 7)); }
 
@@ -114,19 +169,19 @@ struct StageLoader {
 #pragma unroll
         for (int j = 0; j < A_CHUNKS / THREADS; ++j) {
             const bool valid = s0 + a_step < s_end;
-            cp_async16(stage + tid + j * THREADS, a_src + ((size_t)j * A_JUMP * k_steps + s0) * 32, valid);
+            cp_async16(smem_addr(stage + tid + j * THREADS), a_src + ((size_t)j * A_JUMP * k_steps + s0) * 32, valid);
         }
 #pragma unroll
         for (int j = 0; j < (E_CHUNKS + THREADS - 1) / THREADS; ++j) {
             if (E_CHUNKS % THREADS && tid + j * THREADS >= E_CHUNKS) break;
             const bool valid = s0 + e_step < s_end;
-            cp_async16(stage + A_CHUNKS + tid + j * THREADS,
+            cp_async16(smem_addr(stage + A_CHUNKS + tid + j * THREADS),
                        e_src + ((size_t)j * (THREADS / (KC * 4)) * k_steps * 16 + 16 * s0) / 4, valid);
         }
 #pragma unroll
         for (int j = 0; j < X_CHUNKS / THREADS; ++j) {
             const bool valid = j * X_JUMP < x_rows_left && s0 + x_step < s_end;
-            cp_async16(stage + A_CHUNKS + E_CHUNKS + x_dst + j * THREADS, x_src + (size_t)j * X_JUMP * K + 32 * s0,
+            cp_async16(smem_addr(stage + A_CHUNKS + E_CHUNKS + x_dst + j * THREADS), x_src + (size_t)j * X_JUMP * K + 32 * s0,
                        valid);
         }
     }
@@ -134,24 +189,6 @@ struct StageLoader {
 static_assert(A_CHUNKS % THREADS == 0 && X_CHUNKS % THREADS == 0, "every thread copies whole A and x shares");
 static_assert(THREADS % (KC * 32) == 0 && (THREADS / (KC * 4)) % 8 == 0,
               "a thread's chunks keep their k-step and swizzle from one j to the next");
-
-__device__ __forceinline__ float ld_cluster(u32 addr, int rank) {     // a float of block `rank`'s shared memory
-    u32 remote;
-    float v;
-    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(addr), "r"(rank));
-    asm volatile("ld.shared::cluster.f32 %0, [%1];" : "=f"(v) : "r"(remote) : "memory");
-    return v;
-}
-
-__device__ __forceinline__ void cluster_sync() {
-    asm volatile("barrier.cluster.arrive.release.aligned;\n\tbarrier.cluster.wait.acquire.aligned;" ::: "memory");
-}
-
-#if SPLIT > 1
-#define CLUSTER __cluster_dims__(1, 1, SPLIT)
-#else
-#define CLUSTER
-#endif
 
 extern "C" __global__ void CLUSTER __launch_bounds__(THREADS, 1)
 nm24_mma_sp_tiled(const uint4* __restrict__ vals, const u32* __restrict__ meta, const u16* __restrict__ x,
@@ -227,31 +264,7 @@ nm24_mma_sp_tiled(const uint4* __restrict__ vals, const u32* __restrict__ meta, 
             base[8] = acc[r][b][2];
             base[P + 8] = acc[r][b][3];
         }
-#if SPLIT > 1
-    cluster_sync();                                    // every partial tile of the cluster is written
-    const u32 red_addr = smem_addr(red);
-#else
-    __syncthreads();
-#endif
-    constexpr int ROWS = BN / SPLIT;                   // x rows this block finishes
-    for (int i = threadIdx.x; i < ROWS * BM; i += THREADS) {
-        const int b = rank * ROWS + i / BM, n = i % BM;
-        const int row = row0 + b, col = tile0 * 16 + n;
-#if SPLIT > 1
-        float sum = 0.f;
-#pragma unroll
-        for (int w = 0; w < SPLIT; ++w) sum += ld_cluster(red_addr + 4 * (b * P + n), w);
-#else
-        float sum = red[b * P + n];
-#endif
-        if (row < M && col < N) {
-            if (has_bias) sum += to_float(bias[col]);
-            y[(size_t)row * N + col] = from_float(sum);
-        }
-    }
-#if SPLIT > 1
-    cluster_sync();                                    // keep this block's tile alive until the others read it
-#endif
+    finish_split<BM, BN, P, THREADS>(red, rank, row0, tile0 * 16, bias, has_bias, y, M, N);
 }
 """
 
@@ -275,7 +288,7 @@ def kernel_source(dtype, config):
     """The CUDA source for fp16/bf16 and a TiledConfig."""
     defines = "".join(f"#define {name.upper()} {int(value)}\n" for name, value in config._asdict().items())
     return (f'#define IS_BF16 {int(dtype == "bfloat16")}\n#define PTX_TYPE "{sparse_mma.PTX_TYPES[dtype]}"\n'
-            f"{defines}{sparse_mma.DEVICE_COMMON}{SOURCE}")
+            f"{defines}{sparse_mma.DEVICE_COMMON}{SPLIT_K_COMMON}{SOURCE}")
 
 
 @functools.lru_cache(maxsize=None)

@@ -16,6 +16,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from gpu_probe_mma_rate import median_seconds  # noqa: E402
 from gpu_probe_wgmma_sp import cubin_function  # noqa: E402
 
 SOURCE = r"""
@@ -155,17 +156,7 @@ def measure(cp, kind, n, wgr, u, depth, loada=0, sync=0, proxy=0, random=0, iter
     sms = cp.cuda.Device().attributes["MultiProcessorCount"]
     out = cp.empty(sms * 128 * wgr, dtype=cp.float32)
     args = (out, cp.int32(iters))
-    launch = lambda: kernel((sms,), (128 * wgr,), args, shared_mem=65536 + 1024)  # noqa: E731
-    launch()
-    start, end = cp.cuda.Event(), cp.cuda.Event()
-    times = []
-    for _ in range(5):
-        start.record()
-        launch()
-        end.record()
-        end.synchronize()
-        times.append(cp.cuda.get_elapsed_time(start, end) * 1e-3)
-    seconds = sorted(times)[2]
+    seconds = median_seconds(cp, lambda: kernel((sms,), (128 * wgr,), args, shared_mem=65536 + 1024))
     count = sms * wgr * u * iters
     flop = 2 * 64 * n * 32 * count                       # dense-equivalent (a dense k16 pair = one k32)
     if KINDS[kind][2] == 16:

@@ -54,6 +54,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_cusparselt import Timer  # noqa: E402
 from gpu_probe_mma_sp import check, jsonl_emitter, summarize, timing  # noqa: E402
+from gpu_probe_mma_tiled import SPLIT_K_COMMON  # noqa: E402
 
 from nmref.kernels import sparse_mma  # noqa: E402
 
@@ -83,13 +84,6 @@ constexpr int P = BM + 4;                              // row pitch (floats) of 
 static_assert(BN % 8 == 0 && BN <= 256, "wgmma's N");
 static_assert(BN % SPLIT == 0, "each block of the cluster finishes BN / SPLIT x rows");
 
-__device__ __forceinline__ u32 smem_addr(const void* p) { return (u32)__cvta_generic_to_shared(p); }
-
-__device__ __forceinline__ void cp_async16(u32 dst, const void* src, bool valid) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" :: "r"(dst), "l"(src), "r"(valid ? 16 : 0)
-                 : "memory");
-}
-
 // Matrix descriptor of a K-major tile in the 128-byte swizzle: start address, leading byte offset 16 (unused
 // for this swizzle), stride byte offset 1024 (from one 8-row group to the next), swizzle mode 1.
 __device__ __forceinline__ u64 descriptor(u32 addr) {
@@ -102,18 +96,6 @@ __device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.a
 __device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory"); }
 template <int N> __device__ __forceinline__ void wgmma_wait() {
     asm volatile("wgmma.wait_group.sync.aligned %0;" :: "n"(N) : "memory");
-}
-
-__device__ __forceinline__ float ld_cluster(u32 addr, int rank) {     // a float of block `rank`'s shared memory
-    u32 remote;
-    float v;
-    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(addr), "r"(rank));
-    asm volatile("ld.shared::cluster.f32 %0, [%1];" : "=f"(v) : "r"(remote) : "memory");
-    return v;
-}
-
-__device__ __forceinline__ void cluster_sync() {
-    asm volatile("barrier.cluster.arrive.release.aligned;\n\tbarrier.cluster.wait.acquire.aligned;" ::: "memory");
 }
 
 // A thread's copies of every stage, addresses worked out once. x: chunks c = tid + j THREADS of each KW sub-tile,
@@ -166,12 +148,6 @@ struct Loader {
 };
 static_assert(SUB_BYTES % (16 * THREADS) == 0, "every thread copies whole x shares");
 static_assert(KS <= 8, "metadata copies: 4 KS lanes of a warp");
-
-#if SPLIT > 1
-#define CLUSTER __cluster_dims__(1, 1, SPLIT)
-#else
-#define CLUSTER
-#endif
 
 extern "C" __global__ void CLUSTER __launch_bounds__(THREADS, 1)
 nm24_wgmma_sp(const uint4* __restrict__ vals, const u32* __restrict__ meta, const u16* __restrict__ x,
@@ -260,31 +236,7 @@ nm24_wgmma_sp(const uint4* __restrict__ vals, const u32* __restrict__ meta, cons
         at[8] = d[4 * j + 2];
         at[P + 8] = d[4 * j + 3];
     }
-#if SPLIT > 1
-    cluster_sync();
-    const u32 red_addr = smem_addr(red);
-#else
-    __syncthreads();
-#endif
-    constexpr int ROWS = BN / SPLIT;
-    for (int i = threadIdx.x; i < ROWS * BM; i += THREADS) {
-        const int b = rank * ROWS + i / BM, n = i % BM;
-        const int row = row0 + b, col = tile0 * 16 + n;
-#if SPLIT > 1
-        float sum = 0.f;
-#pragma unroll
-        for (int w = 0; w < SPLIT; ++w) sum += ld_cluster(red_addr + 4 * (b * P + n), w);
-#else
-        float sum = red[b * P + n];
-#endif
-        if (row < M && col < N) {
-            if (has_bias) sum += to_float(bias[col]);
-            y[(size_t)row * N + col] = from_float(sum);
-        }
-    }
-#if SPLIT > 1
-    cluster_sync();
-#endif
+    finish_split<BM, BN, P, THREADS>(red, rank, row0, tile0 * 16, bias, has_bias, y, M, N);
 }
 """
 
@@ -321,7 +273,8 @@ def kernel_source(dtype, config):
     defines = "".join(f"#define {name.upper()} {int(value)}\n" for name, value in config._asdict().items())
     ptx_type = sparse_mma.PTX_TYPES[dtype]
     return (f'#define IS_BF16 {int(dtype == "bfloat16")}\n#define PTX_TYPE "{ptx_type}"\n{defines}'
-            f"{sparse_mma.DEVICE_COMMON}" + SOURCE.replace("WGMMA_FUNCTION", wgmma_function(config.bn, ptx_type)))
+            f"{sparse_mma.DEVICE_COMMON}{SPLIT_K_COMMON}" + SOURCE.replace("WGMMA_FUNCTION",
+                                                                          wgmma_function(config.bn, ptx_type)))
 
 
 def cubin_function(source, name, label):
