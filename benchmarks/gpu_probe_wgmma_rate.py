@@ -17,15 +17,9 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from gpu_probe_mma_rate import median_seconds  # noqa: E402
-from gpu_probe_wgmma_sp import cubin_function  # noqa: E402
+from gpu_probe_wgmma_sp import DESCRIPTOR, cubin_function  # noqa: E402
 
 SOURCE = r"""
-typedef unsigned int u32;
-typedef unsigned long long u64;
-
-__device__ __forceinline__ u64 descriptor(u32 addr) {      // K-major, 128-byte swizzle, 1024 bytes per 8 rows
-    return (u64)((addr & 0x3FFFF) >> 4) | ((u64)1 << 16) | ((u64)(1024 >> 4) << 32) | ((u64)1 << 62);
-}
 
 WGMMA_FUNCTION
 
@@ -48,11 +42,11 @@ extern "C" __global__ void __launch_bounds__(128 * WGR, 1) rate(float* out, int 
 #endif
     asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
     __syncthreads();
-    const u32 lane = threadIdx.x & 31;
 #if RANDOM
     uint4 a = make_uint4(random_halves(99991 * threadIdx.x), random_halves(99991 * threadIdx.x + 1),
                          random_halves(99991 * threadIdx.x + 2), random_halves(99991 * threadIdx.x + 3));
 #else
+    const u32 lane = threadIdx.x & 31;
     uint4 a = make_uint4(0x3c003c00u ^ lane, 0x3c003c00u, 0x38003800u, 0x3c00bc00u);
 #endif
     u32 e = 0x44444444u;                                        // 2:4 positions 0, 1
@@ -149,7 +143,8 @@ def wgmma_function(kind, n):
 def measure(cp, kind, n, wgr, u, depth, loada=0, sync=0, proxy=0, random=0, iters=2048):
     defines = (f"#define N {n}\n#define WGR {wgr}\n#define U {u}\n#define DEPTH {depth}\n#define LOADA {loada}\n"
                f"#define SYNC {sync}\n#define PROXY {proxy}\n#define RANDOM {random}\n")
-    source = defines + SOURCE.replace("WGMMA_FUNCTION", wgmma_function(kind, n))
+    source = defines + "typedef unsigned int u32;\n" + DESCRIPTOR + SOURCE.replace("WGMMA_FUNCTION",
+                                                                                   wgmma_function(kind, n))
     kernel = cubin_function(source, "rate", f"{kind} n{n} wg{wgr} u{u} depth{depth} loada{loada} sync{sync} "
                                             f"proxy{proxy} random{random}")
     kernel.max_dynamic_shared_size_bytes = 65536 + 1024

@@ -69,8 +69,18 @@ SWEEP = tuple(WgmmaConfig(*c) for c in [
 CHECK_SHAPES = [(256, 4096, 4096), (3, 32, 16), (13, 96, 80), (130, 64, 48), (200, 512, 1000), (300, 1024, 272),
                 (1000, 4096, 1000)]
 
-SOURCE = r"""
+# The wgmma matrix descriptor (here and gpu_probe_wgmma_rate.py); u32 comes from the including source.
+DESCRIPTOR = r"""
 typedef unsigned long long u64;
+
+// Matrix descriptor of a K-major tile in the 128-byte swizzle: start address, leading byte offset 16 (unused
+// for this swizzle), stride byte offset 1024 (from one 8-row group to the next), swizzle mode 1.
+__device__ __forceinline__ u64 descriptor(u32 addr) {
+    return (u64)((addr & 0x3FFFF) >> 4) | ((u64)1 << 16) | ((u64)(1024 >> 4) << 32) | ((u64)1 << 62);
+}
+"""
+
+SOURCE = r"""
 constexpr int THREADS = 128 * WG;
 constexpr int BM = 64 * WG;                            // W rows of the block
 constexpr int TILES = 4 * WG;                          // 16-row tiles of the block (one per warp)
@@ -83,12 +93,6 @@ constexpr int STAGE_BYTES = (X_BYTES + A_BYTES + E_BYTES + 1023) / 1024 * 1024;
 constexpr int P = BM + 4;                              // row pitch (floats) of the partial tile red[BN][P]
 static_assert(BN % 8 == 0 && BN <= 256, "wgmma's N");
 static_assert(BN % SPLIT == 0, "each block of the cluster finishes BN / SPLIT x rows");
-
-// Matrix descriptor of a K-major tile in the 128-byte swizzle: start address, leading byte offset 16 (unused
-// for this swizzle), stride byte offset 1024 (from one 8-row group to the next), swizzle mode 1.
-__device__ __forceinline__ u64 descriptor(u32 addr) {
-    return (u64)((addr & 0x3FFFF) >> 4) | ((u64)1 << 16) | ((u64)(1024 >> 4) << 32) | ((u64)1 << 62);
-}
 
 WGMMA_FUNCTION
 
@@ -249,7 +253,8 @@ def wgmma_function(bn, ptx_type):
     return (
         "__device__ __forceinline__ void wgmma_sp(float* d, const uint4& a, u64 desc, u32 e) {\n"
         f'    asm volatile("wgmma.mma_async.sp.sync.aligned.m64n{bn}k32.f32.{ptx_type}.{ptx_type} "\n'
-        f'                 "{{{regs}}}, {{%{acc}, %{acc + 1}, %{acc + 2}, %{acc + 3}}}, %{acc + 4}, %{acc + 5}, 0, 1, 1, 1, 0;"\n'
+        f'                 "{{{regs}}}, {{%{acc}, %{acc + 1}, %{acc + 2}, %{acc + 3}}}, "\n'
+        f'                 "%{acc + 4}, %{acc + 5}, 0, 1, 1, 1, 0;"\n'
         f"                 : {outs}\n"
         '                 : "r"(a.x), "r"(a.y), "r"(a.z), "r"(a.w), "l"(desc), "r"(e) : "memory");\n'
         "}\n")
@@ -273,7 +278,7 @@ def kernel_source(dtype, config):
     defines = "".join(f"#define {name.upper()} {int(value)}\n" for name, value in config._asdict().items())
     ptx_type = sparse_mma.PTX_TYPES[dtype]
     return (f'#define IS_BF16 {int(dtype == "bfloat16")}\n#define PTX_TYPE "{ptx_type}"\n{defines}'
-            f"{sparse_mma.DEVICE_COMMON}{SPLIT_K_COMMON}" + SOURCE.replace("WGMMA_FUNCTION",
+            f"{sparse_mma.DEVICE_COMMON}{SPLIT_K_COMMON}{DESCRIPTOR}" + SOURCE.replace("WGMMA_FUNCTION",
                                                                           wgmma_function(config.bn, ptx_type)))
 
 
