@@ -15,6 +15,10 @@
 #                                            cuSPARSELt table at 4096x4096 (regression check), fp16 config sweeps
 #   bash benchmarks/gpu_run.sh mma2 [NN]     the mma.sp and cuSPARSELt tests, every other -m gpu test, notebook NN,
 #                                            the cuSPARSELt table at batch 16 and 256 (3 repeats)
+#   bash benchmarks/gpu_run.sh versions  the image's cuSPARSELt (0.8.0) against a carried one (CSLT_PARTS: pieces of its
+#                                       xz-compressed libcusparseLt.so.0, sent over several calls): both benches on
+#                                       VERSION_SHAPES, the cuSPARSELt and mma tests on the carried one; CSLT_USE=new
+#                                       leaves the carried one installed for the stages of later calls on that machine
 #   bash benchmarks/gpu_run.sh table [NN]    tests/test_cusparselt.py, notebook NN in full mode (if given), the
 #                                            whole cuSPARSELt table over 3 repeats
 # At most 8 files come back from $OUT: the round2 and notebook stages keep to that.
@@ -61,6 +65,21 @@ print("torch", torch.__version__, "cuda", torch.cuda.is_available(), "cusparselt
       torch.backends.cusparselt.version() if torch.backends.cusparselt.is_available() else None)
 EOF
 } 2>&1 | tee "$OUT/env.log"
+
+use_cusparselt() {   # old | new: which libcusparseLt.so.0 the image's site-packages hold (old kept in /tmp/cslt_old)
+    local site lib
+    site=$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+    lib=$(find "$site" -name libcusparseLt.so.0 | head -1)
+    [ -n "$lib" ] || { echo "no libcusparseLt.so.0 under $site"; return 1; }
+    mkdir -p /tmp/cslt_old /tmp/cslt_new
+    [ -f /tmp/cslt_old/libcusparseLt.so.0 ] || cp "$lib" /tmp/cslt_old/
+    if [ "$1" = new ] && [ ! -f /tmp/cslt_new/libcusparseLt.so.0 ]; then
+        cat ${CSLT_PARTS:?pieces of the xz-compressed library} | xz -d > /tmp/cslt_new/libcusparseLt.so.0 || return 1
+        sha256sum /tmp/cslt_new/libcusparseLt.so.0
+    fi
+    cp "/tmp/cslt_$1/libcusparseLt.so.0" "$lib"
+    python3 -c "from nvmath.bindings import cusparseLt as lt; h = lt.init(); print('cuSPARSELt in use:', lt.get_version(h), '($lib)'); lt.destroy(h)"
+}
 
 run_tests() {      # $1 = log name, rest = pytest args
     local log=$1; shift
@@ -195,6 +214,19 @@ mma2)
     stamp "bench_cusparselt, batch 16 and 256 at 4096x4096, 3 repeats"
     timeout "${BENCH_TIMEOUT:-200}" python3 benchmarks/bench_cusparselt.py --shapes 16x4096x4096,256x4096x4096 \
         --json "$OUT/gpu_cusparselt_mma.json" --markdown "$OUT/gpu_cusparselt_mma.md" 2>&1 | tee -a "$OUT/runs.log"
+    ;;
+versions)
+    SHAPES=${VERSION_SHAPES:-16x4096x4096,256x4096x4096,4096x4096x4096}
+    for v in ${VERSION_ORDER:-old new}; do
+        use_cusparselt "$v" || exit 1
+        if [ "$v" = new ] && [ -z "${SKIP_TESTS:-}" ]; then
+            TEST_TIMEOUT=200 run_tests "tests_$v.log" tests/test_sparse_mma.py tests/test_cusparselt.py
+        fi
+        stamp "bench_cusparselt with the $v cuSPARSELt: $SHAPES"
+        timeout "${BENCH_TIMEOUT:-240}" python3 benchmarks/bench_cusparselt.py --shapes "$SHAPES" \
+            --repeats "${VERSION_REPEATS:-3}" --json "$OUT/cslt_$v.json" --markdown "$OUT/cslt_$v.md" 2>&1 | tee -a "$OUT/runs.log"
+    done
+    use_cusparselt "${CSLT_USE:-old}"
     ;;
 table)
     TEST_TIMEOUT=120 run_tests tests.log tests/test_cusparselt.py
