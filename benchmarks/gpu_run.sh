@@ -19,6 +19,7 @@
 #                                       xz-compressed libcusparseLt.so.0, sent over several calls): both benches on
 #                                       VERSION_SHAPES, the cuSPARSELt and mma tests on the carried one; CSLT_USE=new
 #                                       leaves the carried one installed for the stages of later calls on that machine
+#   bash benchmarks/gpu_run.sh splitk    cuSPARSELt config x split-K sweep at PROBE_BATCHES (default 256), both dtypes
 #   bash benchmarks/gpu_run.sh table [NN]    tests/test_cusparselt.py, notebook NN in full mode (if given), the
 #                                            whole cuSPARSELt table over 3 repeats
 # At most 8 files come back from $OUT: the round2 and notebook stages keep to that.
@@ -86,6 +87,9 @@ run_tests() {      # $1 = log name, rest = pytest args
     stamp "pytest $*"
     timeout "${TEST_TIMEOUT:-420}" python3 -m pytest -q -rs -p no:cacheprovider -o addopts= --continue-on-collection-errors "$@" 2>&1 | tee -a "$OUT/$log"
 }
+
+# CSLT_USE=new (with CSLT_PARTS on the machine's first such call): the carried cuSPARSELt for every stage below
+[ -n "${CSLT_USE:-}" ] && [ "$STAGE" != versions ] && { use_cusparselt "$CSLT_USE" || exit 1; }
 
 case "$STAGE" in
 tiled)
@@ -227,6 +231,13 @@ versions)
             --repeats "${VERSION_REPEATS:-3}" --json "$OUT/cslt_$v.json" --markdown "$OUT/cslt_$v.md" 2>&1 | tee -a "$OUT/runs.log"
     done
     use_cusparselt "${CSLT_USE:-old}"
+    ;;
+splitk)
+    export PROBE_BATCHES=${PROBE_BATCHES:-256} PROBE_SWEEP=${PROBE_BATCHES:-256}
+    stamp "cuSPARSELt: every config, then split-K x mode on the best 12, batch $PROBE_BATCHES, W as A row-major"
+    timeout "${PROBE_TIMEOUT:-420}" python3 benchmarks/gpu_probe_cusparselt.py --layouts \
+        --budget "${PROBE_BUDGET:-300}" --layout-names wA_wrow_xrow --no-nmref --jsonl "$OUT/probe_splitk.jsonl" \
+        2>&1 | tee "$OUT/probe_splitk.log"
     ;;
 table)
     TEST_TIMEOUT=120 run_tests tests.log tests/test_cusparselt.py
