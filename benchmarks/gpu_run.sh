@@ -20,6 +20,7 @@
 #                                       VERSION_SHAPES, the cuSPARSELt and mma tests on the carried one; CSLT_USE=new
 #                                       leaves the carried one installed for the stages of later calls on that machine
 #   bash benchmarks/gpu_run.sh splitk    cuSPARSELt config x split-K sweep at PROBE_BATCHES (default 256), both dtypes
+#   bash benchmarks/gpu_run.sh streams   benchmarks/gpu_probe_split_streams.py: K split over concurrent cuSPARSELt calls
 #   bash benchmarks/gpu_run.sh table [NN]    tests/test_cusparselt.py, notebook NN in full mode (if given), the
 #                                            whole cuSPARSELt table over 3 repeats
 # At most 8 files come back from $OUT: the round2 and notebook stages keep to that.
@@ -238,6 +239,11 @@ splitk)
     timeout "${PROBE_TIMEOUT:-420}" python3 benchmarks/gpu_probe_cusparselt.py --layouts \
         --budget "${PROBE_BUDGET:-300}" --layout-names wA_wrow_xrow --no-nmref --jsonl "$OUT/probe_splitk.jsonl" \
         2>&1 | tee "$OUT/probe_splitk.log"
+    ;;
+streams)
+    stamp "split-K over concurrent cuSPARSELt calls (an experiment)"
+    timeout "${PROBE_TIMEOUT:-300}" python3 benchmarks/gpu_probe_split_streams.py ${STREAMS_ARGS:-} \
+        --json "$OUT/gpu_probe_split_streams.json" 2>&1 | tee "$OUT/probe_split_streams.log"
     ;;
 table)
     TEST_TIMEOUT=120 run_tests tests.log tests/test_cusparselt.py

@@ -1,0 +1,110 @@
+"""Does splitting K over concurrent cuSPARSELt calls help at batch 256? (issue 7; an experiment, not shipped)
+
+cuSPARSELt refuses split-K on the H200 (0.8.0 and 0.10.0: gpu_notes.md, rounds 3 and 6), and at batch 256 a
+4096 x 4096 weight gives few output tiles: if its kernel leaves SMs idle, S calls on K/S columns each, run on S
+streams at once and summed, could fill them. Measured here, all with bench_cusparselt's Timer (GPU time, the
+launches queued behind a spin kernel) on the same rotated inputs, fp16 and bf16:
+  dense        CuPy matmul (cuBLAS)
+  nmref        SparseMatmul(W) on all of K
+  part S       one SparseMatmul on K/S columns alone (is the kernel's time proportional to K?)
+  streams S    S SparseMatmul on K/S columns each, on S streams at once, then the partial outputs summed
+  sum S        the summation alone
+The partial outputs are rounded to the input dtype before the sum, so "streams S" is not bit-equal to one call
+(its error against the fp32 product is printed); the x column blocks are made contiguous up front (untimed).
+
+    python benchmarks/gpu_probe_split_streams.py [--batch 256] [--size 4096] [--splits 2,4] [--json FILE]
+"""
+import argparse
+import json
+import math
+
+import numpy as np
+
+from bench_cusparselt import ROTATE_BYTES, Timer, random_24, rel
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--size", type=int, default=4096, help="in = out features")
+    p.add_argument("--splits", default="2,4")
+    p.add_argument("--dtypes", default="float16,bfloat16")
+    p.add_argument("--iters", type=int, default=20)
+    p.add_argument("--json", default=None)
+    return p.parse_args(argv)
+
+
+def probe(cp, cslt, timer, dtype, m, k, splits, iters):
+    npd = cslt.np_dtype(dtype)
+    n = k
+    n_inputs = int(min(8, max(1, math.ceil(ROTATE_BYTES / ((n * k + m * k) * npd.itemsize)))))
+    ws = [random_24(cp, n, k, npd, 7 + i) for i in range(n_inputs)]                               # (N, K)
+    xs = [cp.random.default_rng(107 + i).standard_normal((m, k), dtype=cp.float32).astype(npd)
+          for i in range(n_inputs)]                                                             # (M, K)
+    ref = [x.astype(cp.float32) @ w.astype(cp.float32).T for x, w in zip(xs, ws)]                 # (M, N)
+    out = {"dtype": dtype, "shape": f"{m}x{k}x{n}"}
+    full = [cslt.SparseMatmul(w) for w in ws]
+    times = {"dense": timer.measure(lambda i: cp.matmul(xs[i], ws[i].T), n_inputs, iters),
+             "nmref": timer.measure(lambda i: full[i](xs[i]), n_inputs, iters)}
+    errors = {"nmref": rel(cp.asnumpy(full[0](xs[0])), cp.asnumpy(ref[0]))}
+    for s in splits:
+        cols = k // s
+        parts = [[cslt.SparseMatmul(cp.ascontiguousarray(w[:, j * cols:(j + 1) * cols])) for j in range(s)]
+                 for w in ws]                                                                    # s ops per input
+        xparts = [[cp.ascontiguousarray(x[:, j * cols:(j + 1) * cols]) for j in range(s)] for x in xs]  # (M, K/s)
+        streams = [cp.cuda.Stream(non_blocking=True) for _ in range(s)]
+        partial = [cp.empty((m, n), dtype=npd) for _ in range(s)]                               # (M, N) each
+
+        def split_call(i):
+            fork = cp.cuda.Event(disable_timing=True)
+            fork.record()
+            joins = []
+            for j, stream in enumerate(streams):
+                stream.wait_event(fork)
+                with stream:
+                    parts[i][j](xparts[i][j], out=partial[j])
+                    joins.append(stream.record())
+            for e in joins:
+                cp.cuda.get_current_stream().wait_event(e)
+            return sum(partial[1:], partial[0])
+
+        def sum_only(i):
+            return sum(partial[1:], partial[0])
+
+        times[f"part {s}"] = timer.measure(lambda i: parts[i][0](xparts[i][0], out=partial[0]), n_inputs, iters)
+        times[f"streams {s}"] = timer.measure(split_call, n_inputs, iters)
+        times[f"sum {s}"] = timer.measure(sum_only, n_inputs, iters)
+        errors[f"streams {s}"] = rel(cp.asnumpy(split_call(0)), cp.asnumpy(ref[0]))
+        for ops in parts:
+            for op in ops:
+                op.close()
+    out["us"] = {key: round(t["gpu_ms"] * 1e3, 2) for key, t in times.items()}
+    out["rel_err_vs_fp32"] = errors
+    return out
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    import cupy as cp
+    from nmref import cusparselt as cslt
+    timer = Timer(cp)
+    splits = [int(s) for s in args.splits.split(",")]
+    records = []
+    for dtype in args.dtypes.split(","):
+        rec = probe(cp, cslt, timer, dtype, args.batch, args.size, splits, args.iters)
+        records.append(rec)
+        print(json.dumps(rec), flush=True)
+    keys = list(records[0]["us"])
+    print("\n| dtype | shape | " + " | ".join(f"{key} (us)" for key in keys) + " | dense / best split |")
+    print("| --- | --- |" + " ---: |" * (len(keys) + 1))
+    for r in records:
+        best = min(v for key, v in r["us"].items() if key.startswith("streams"))
+        print(f"| {r['dtype']} | {r['shape']} | " + " | ".join(f"{r['us'][key]:.1f}" for key in keys)
+              + f" | {r['us']['dense'] / best:.2f}x |")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(records, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
