@@ -12,7 +12,7 @@ import os
 
 import numpy as np
 
-from .check import CheckInputError, _one_line, _parse_meta
+from .tensorfile import CheckInputError, one_line, parse_meta
 
 FORMATS = (".safetensors", ".pt", ".npz")
 STEP_KEYS = ("step", "global_step", "steps")
@@ -24,7 +24,7 @@ def read_checkpoint(path):
     try:
         archive = np.load(path, allow_pickle=False)
     except Exception as exc:
-        raise CheckInputError(f"{path}: not a readable nmref checkpoint (.npz) ({_one_line(exc)})") from None
+        raise CheckInputError(f"{path}: not a readable nmref checkpoint (.npz) ({one_line(exc)})") from None
     params, masks, buffers, meta = {}, {}, {}, {}
     try:
         with archive:
@@ -37,9 +37,9 @@ def read_checkpoint(path):
                 elif prefix in ("buffer", "buffers"):
                     buffers[name] = archive[key]
                 elif key == "meta":
-                    meta = _parse_meta(archive[key]) or {}
+                    meta = parse_meta(archive[key]) or {}
     except Exception as exc:
-        raise CheckInputError(f"{path}: corrupt nmref checkpoint ({_one_line(exc)})") from None
+        raise CheckInputError(f"{path}: corrupt nmref checkpoint ({one_line(exc)})") from None
     if not params:
         raise CheckInputError(f"{path}: not an nmref checkpoint (no 'param/<name>' entries); "
                               "nmref export reads the .npz checkpoints written by nmref train")
