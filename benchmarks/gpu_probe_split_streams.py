@@ -13,6 +13,8 @@ The partial outputs are rounded to the input dtype before the sum, so "streams S
 (its error against the fp32 product is printed); the x column blocks are made contiguous up front (untimed).
 
     python benchmarks/gpu_probe_split_streams.py [--batch 256] [--size 4096] [--splits 2,4] [--json FILE]
+    ncu --profile-from-start off ... python benchmarks/gpu_probe_split_streams.py --profile
+        (dense, nmref on all of K and on half of K, fp16, once each inside a profiler range)
 """
 import argparse
 import json
@@ -31,7 +33,28 @@ def parse_args(argv=None):
     p.add_argument("--dtypes", default="float16,bfloat16")
     p.add_argument("--iters", type=int, default=20)
     p.add_argument("--json", default=None)
+    p.add_argument("--profile", action="store_true", help="only launch the kernels for ncu (see above)")
     return p.parse_args(argv)
+
+
+def profile_launches(cp, cslt, m, k):
+    """Plans built and searched first; then dense, nmref (all of K) and nmref (K/2), once each, profiled."""
+    npd = cslt.np_dtype("float16")
+    w = random_24(cp, k, k, npd, 7)                                                             # (N, K)
+    x = cp.random.default_rng(107).standard_normal((m, k), dtype=cp.float32).astype(npd)           # (M, K)
+    full = cslt.SparseMatmul(w)
+    half = cslt.SparseMatmul(cp.ascontiguousarray(w[:, :k // 2]))
+    x_half = cp.ascontiguousarray(x[:, :k // 2])                                                # (M, K/2)
+    for _ in range(2):
+        cp.matmul(x, w.T), full(x), half(x_half)
+    print("plans:", full.plan_info(m), half.plan_info(m), flush=True)
+    cp.cuda.Device().synchronize()
+    cp.cuda.profiler.start()
+    cp.matmul(x, w.T)
+    full(x)
+    half(x_half)
+    cp.cuda.Device().synchronize()
+    cp.cuda.profiler.stop()
 
 
 def probe(cp, cslt, timer, dtype, m, k, splits, iters):
@@ -87,6 +110,8 @@ def main(argv=None):
     args = parse_args(argv)
     import cupy as cp
     from nmref import cusparselt as cslt
+    if args.profile:
+        return profile_launches(cp, cslt, args.batch, args.size)
     timer = Timer(cp)
     splits = [int(s) for s in args.splits.split(",")]
     records = []

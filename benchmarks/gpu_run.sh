@@ -244,6 +244,13 @@ streams)
     stamp "split-K over concurrent cuSPARSELt calls (an experiment)"
     timeout "${PROBE_TIMEOUT:-300}" python3 benchmarks/gpu_probe_split_streams.py ${STREAMS_ARGS:-} \
         --json "$OUT/gpu_probe_split_streams.json" 2>&1 | tee "$OUT/probe_split_streams.log"
+    if [ -n "${STREAMS_NCU:-}" ]; then                # dense, nmref and nmref on half of K at batch 256, fp16
+        stamp "ncu of the batch-256 kernels"
+        timeout 200 ncu --clock-control none --profile-from-start off --section LaunchStats --section Occupancy \
+            --section SpeedOfLight --section WarpStateStats --section MemoryWorkloadAnalysis \
+            python3 benchmarks/gpu_probe_split_streams.py --profile > "$OUT/ncu_batch256.txt" 2>&1
+        grep -v "^==PROF==" "$OUT/ncu_batch256.txt" | grep -E "^  [a-zA-Z_]|plans:|Grid Size|Block Size|Registers|Shared Memory Config|Waves|Duration|Throughput|Achieved Occupancy|Theoretical Occupancy|Cluster|Warp Cycles Per Issued|Issued Warp" | head -80
+    fi
     ;;
 table)
     TEST_TIMEOUT=120 run_tests tests.log tests/test_cusparselt.py
