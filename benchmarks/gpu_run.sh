@@ -21,6 +21,7 @@
 #                                       leaves the carried one installed for the stages of later calls on that machine
 #   bash benchmarks/gpu_run.sh splitk    cuSPARSELt config x split-K sweep at PROBE_BATCHES (default 256), both dtypes
 #   bash benchmarks/gpu_run.sh streams   benchmarks/gpu_probe_split_streams.py: K split over concurrent cuSPARSELt calls
+#   bash benchmarks/gpu_run.sh batched   benchmarks/gpu_probe_batched_splitk.py: split-K as a batched cuSPARSELt matmul
 #   bash benchmarks/gpu_run.sh table [NN]    tests/test_cusparselt.py, notebook NN in full mode (if given), the
 #                                            whole cuSPARSELt table over 3 repeats
 # At most 8 files come back from $OUT: the round2 and notebook stages keep to that.
@@ -251,6 +252,11 @@ streams)
             python3 benchmarks/gpu_probe_split_streams.py --profile > "$OUT/ncu_batch256.txt" 2>&1
         grep -v "^==PROF==" "$OUT/ncu_batch256.txt" | grep -E "^  [a-zA-Z_]|plans:|Grid Size|Block Size|Registers|Shared Memory Config|Waves|Duration|Throughput|Achieved Occupancy|Theoretical Occupancy|Cluster|Warp Cycles Per Issued|Issued Warp" | head -80
     fi
+    ;;
+batched)
+    stamp "split-K through cuSPARSELt's batched matmul (an experiment)"
+    timeout "${PROBE_TIMEOUT:-400}" python3 benchmarks/gpu_probe_batched_splitk.py ${BATCHED_ARGS:-} \
+        --json "$OUT/gpu_probe_batched_splitk.json" 2>&1 | tee "$OUT/probe_batched_splitk.log"
     ;;
 table)
     TEST_TIMEOUT=120 run_tests tests.log tests/test_cusparselt.py
