@@ -184,7 +184,8 @@ def main(argv=None):
     splits = [int(s) for s in args.splits.split(",")]
     records = [probe(cp, lt, cslt, timer, dtype, args.batch, args.size, splits, args.iters)
                for dtype in args.dtypes.split(",")]
-    print("\n| dtype | shape | variant | us (batched + sum) | batched alone (us) | dense / variant | config | rel. error |")
+    print("\n| dtype | shape | variant | us (batched + sum) | batched alone (us) | dense / variant | config "
+          "| rel. error |")
     print("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |")
     for r in records:
         dense = r["rows"]["dense"]["us"]
