@@ -145,6 +145,16 @@ def random_24(cp, rows, cols, dtype, seed):
     return (w * keep).reshape(rows, cols).astype(dtype)
 
 
+def rotated_inputs(cp, np_dtype, m, k, n, seed):
+    """(ws, xs): as many 2:4 weights (N, K) and inputs (M, K) as fill ROTATE_BYTES (1 to 8), seeds seed + i and
+    seed + 100 + i, so that timed calls cycling through them read the weights from HBM, not the L2."""
+    n_inputs = int(min(8, max(1, math.ceil(ROTATE_BYTES / ((n * k + m * k) * np_dtype.itemsize)))))
+    ws = [random_24(cp, n, k, np_dtype, seed + i) for i in range(n_inputs)]                       # (N, K)
+    xs = [cp.random.default_rng(seed + 100 + i).standard_normal((m, k), dtype=cp.float32).astype(np_dtype)
+          for i in range(n_inputs)]                                                             # (M, K)
+    return ws, xs
+
+
 def as_torch(torch, a):
     """A zero-copy torch view of a CuPy array (bfloat16 through a uint16 view)."""
     if a.dtype.name == "bfloat16":
@@ -160,11 +170,8 @@ def rel(a, b):
 def bench_shape(cp, torch, cslt, timer, name, dtype, iters, seed, search=True):
     m, k, n = SHAPES[name]
     np_dtype = cslt.np_dtype(dtype)
-    pair_bytes = (n * k + m * k) * np_dtype.itemsize
-    n_inputs = int(min(8, max(1, math.ceil(ROTATE_BYTES / pair_bytes))))
-    ws = [random_24(cp, n, k, np_dtype, seed + i) for i in range(n_inputs)]                       # (N, K)
-    xs = [cp.random.default_rng(seed + 100 + i).standard_normal((m, k), dtype=cp.float32).astype(np_dtype)
-          for i in range(n_inputs)]                                                             # (M, K)
+    ws, xs = rotated_inputs(cp, np_dtype, m, k, n, seed)
+    n_inputs = len(ws)
     results, errors = {}, {}
     calls = {"cupy_dense": lambda i: cp.matmul(xs[i], ws[i].T)}
     t0 = time.perf_counter()

@@ -15,13 +15,12 @@ batched kernel alone would give. Raw nvmath bindings, W as the structured A (row
 
     python benchmarks/gpu_probe_batched_splitk.py [--batch 256] [--size 4096] [--splits 1,2,4,8] [--json FILE]
 """
-import argparse
 import json
-import math
 
 import numpy as np
 
-from bench_cusparselt import ROTATE_BYTES, Timer, random_24, rel
+from bench_cusparselt import Timer, rel, rotated_inputs
+from gpu_probe_split_streams import base_parser
 
 SUM_PARTS = r"""
 #include <cuda_fp16.h>
@@ -47,14 +46,7 @@ ORDER_COL, ORDER_ROW, OP_N, OP_T, COMPUTE_32F, SPARSITY_50 = 1, 2, 0, 1, 2, 0
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--batch", type=int, default=256)
-    p.add_argument("--size", type=int, default=4096, help="in = out features")
-    p.add_argument("--splits", default="1,2,4,8")
-    p.add_argument("--dtypes", default="float16,bfloat16")
-    p.add_argument("--iters", type=int, default=20)
-    p.add_argument("--json", default=None)
-    return p.parse_args(argv)
+    return base_parser(__doc__.split("\n")[0], "1,2,4,8").parse_args(argv)
 
 
 class BatchedSplit:
@@ -141,10 +133,8 @@ class BatchedSplit:
 def probe(cp, lt, cslt, timer, dtype, m, k, splits, iters):
     npd = cslt.np_dtype(dtype)
     n = k
-    n_inputs = int(min(8, max(1, math.ceil(ROTATE_BYTES / ((n * k + m * k) * npd.itemsize)))))
-    ws = [random_24(cp, n, k, npd, 7 + i) for i in range(n_inputs)]                               # (N, K)
-    xs = [cp.random.default_rng(107 + i).standard_normal((m, k), dtype=cp.float32).astype(npd)
-          for i in range(n_inputs)]                                                             # (M, K)
+    ws, xs = rotated_inputs(cp, npd, m, k, n, 7)                                       # (N, K) and (M, K) each
+    n_inputs = len(ws)
     ref = xs[0].astype(cp.float32) @ ws[0].astype(cp.float32).T                                   # (M, N)
     full = [cslt.SparseMatmul(w) for w in ws]
     rows = {"dense": {"us": timer.measure(lambda i: cp.matmul(xs[i], ws[i].T), n_inputs, iters)["gpu_ms"] * 1e3},

@@ -18,21 +18,24 @@ The partial outputs are rounded to the input dtype before the sum, so "streams S
 """
 import argparse
 import json
-import math
 
-import numpy as np
-
-from bench_cusparselt import ROTATE_BYTES, Timer, random_24, rel
+from bench_cusparselt import Timer, random_24, rel, rotated_inputs
 
 
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def base_parser(description, splits):
+    """The options of the batch-256 split-K probes (this one and gpu_probe_batched_splitk.py)."""
+    p = argparse.ArgumentParser(description=description)
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--size", type=int, default=4096, help="in = out features")
-    p.add_argument("--splits", default="2,4")
+    p.add_argument("--splits", default=splits)
     p.add_argument("--dtypes", default="float16,bfloat16")
     p.add_argument("--iters", type=int, default=20)
     p.add_argument("--json", default=None)
+    return p
+
+
+def parse_args(argv=None):
+    p = base_parser(__doc__.split("\n")[0], "2,4")
     p.add_argument("--profile", action="store_true", help="only launch the kernels for ncu (see above)")
     return p.parse_args(argv)
 
@@ -60,10 +63,8 @@ def profile_launches(cp, cslt, m, k):
 def probe(cp, cslt, timer, dtype, m, k, splits, iters):
     npd = cslt.np_dtype(dtype)
     n = k
-    n_inputs = int(min(8, max(1, math.ceil(ROTATE_BYTES / ((n * k + m * k) * npd.itemsize)))))
-    ws = [random_24(cp, n, k, npd, 7 + i) for i in range(n_inputs)]                               # (N, K)
-    xs = [cp.random.default_rng(107 + i).standard_normal((m, k), dtype=cp.float32).astype(npd)
-          for i in range(n_inputs)]                                                             # (M, K)
+    ws, xs = rotated_inputs(cp, npd, m, k, n, 7)                                       # (N, K) and (M, K) each
+    n_inputs = len(ws)
     ref = [x.astype(cp.float32) @ w.astype(cp.float32).T for x, w in zip(xs, ws)]                 # (M, N)
     out = {"dtype": dtype, "shape": f"{m}x{k}x{n}"}
     full = [cslt.SparseMatmul(w) for w in ws]
