@@ -213,8 +213,10 @@ else:
 # * The compressed format is the kept values as a dense half-width matrix plus 2-bit positions (9/16 of
 #   the fp16 bytes); a matmul from it equals the dense product with $\tilde W$.
 # * On a GPU, `nmref.cusparselt.SparseMatmul` compresses once and caches a plan per batch size; expect
-#   fp16-level agreement (a few 1e-4) with an fp32 product, no gain on tiny layers, and up to about 2x on large
-#   compute-bound ones. `benchmarks/bench_cusparselt.py` measures it properly.
+#   fp16-level agreement (a few 1e-4) with an fp32 product, no gain on tiny layers, and on an H200 1.3-1.4x
+#   over cuBLAS on the 4096-wide layer above, 1.5-1.75x on 16384^3 and LLaMA-sized ones: the sparse tensor
+#   cores' 2x is a ceiling no library reached there, and some shapes (batch 256 at 4096 x 4096) gain nothing
+#   (docs/gpu.md says why). `benchmarks/bench_cusparselt.py` measures it properly.
 #
 # *Which path made the outputs you read: see the "GPU visible" line of the first code cell; on a GPU
 # machine section 4 prints and plots the measured timings.*
