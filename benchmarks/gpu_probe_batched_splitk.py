@@ -22,27 +22,23 @@ import numpy as np
 from bench_cusparselt import Timer, rel, rotated_inputs
 from gpu_probe_split_streams import base_parser
 
+from nmref.cusparselt import ALIGNMENT, _COMPUTE_32F, _CUDA_DTYPE, _OP_N, _OP_T, _ORDER_COL, _ORDER_ROW, _SPARSITY_50
+
 SUM_PARTS = r"""
 #include <cuda_fp16.h>
 #include <cuda_bf16.h>
 // y[i] = sum over b of parts[b n + i] in fp32, in order of b, rounded once to the output type
-extern "C" __global__ void sum_parts_f16(const __half* parts, __half* y, long long n, int s) {
-    const long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x;
-    if (i >= n) return;
-    float acc = 0.f;
-    for (int b = 0; b < s; ++b) acc += __half2float(parts[b * n + i]);
-    y[i] = __float2half_rn(acc);
+#define SUM_PARTS(NAME, T, TO_FLOAT, FROM_FLOAT)                                                  \
+extern "C" __global__ void NAME(const T* parts, T* y, long long n, int s) {                       \
+    const long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x;                         \
+    if (i >= n) return;                                                                           \
+    float acc = 0.f;                                                                              \
+    for (int b = 0; b < s; ++b) acc += TO_FLOAT(parts[b * n + i]);                                \
+    y[i] = FROM_FLOAT(acc);                                                                       \
 }
-extern "C" __global__ void sum_parts_bf16(const __nv_bfloat16* parts, __nv_bfloat16* y, long long n, int s) {
-    const long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x;
-    if (i >= n) return;
-    float acc = 0.f;
-    for (int b = 0; b < s; ++b) acc += __bfloat162float(parts[b * n + i]);
-    y[i] = __float2bfloat16_rn(acc);
-}
+SUM_PARTS(sum_parts_f16, __half, __half2float, __float2half_rn)
+SUM_PARTS(sum_parts_bf16, __nv_bfloat16, __bfloat162float, __float2bfloat16_rn)
 """
-CUDA_DTYPE = {"float16": 2, "bfloat16": 14}
-ORDER_COL, ORDER_ROW, OP_N, OP_T, COMPUTE_32F, SPARSITY_50 = 1, 2, 0, 1, 2, 0
 
 
 def parse_args(argv=None):
@@ -59,16 +55,16 @@ class BatchedSplit:
         kb = k // s
         self.w_blocks = cp.ascontiguousarray(w.reshape(n, s, kb).transpose(1, 0, 2))                  # (S, N, K/S)
         h = self.h = lt.init()
-        dt = CUDA_DTYPE[self.dtype]
-        a = lt.structured_descriptor_init(h, n, kb, kb, 16, dt, ORDER_ROW, SPARSITY_50)
+        dt = _CUDA_DTYPE[self.dtype]
+        a = lt.structured_descriptor_init(h, n, kb, kb, ALIGNMENT, dt, _ORDER_ROW, _SPARSITY_50)
         ldx, x_stride = (k, kb) if x_mode == "view" else (kb, m * kb)
-        b = lt.dense_descriptor_init(h, m, kb, ldx, 16, dt, ORDER_ROW)
-        d = lt.dense_descriptor_init(h, n, m, n, 16, dt, ORDER_COL)
+        b = lt.dense_descriptor_init(h, m, kb, ldx, ALIGNMENT, dt, _ORDER_ROW)
+        d = lt.dense_descriptor_init(h, n, m, n, ALIGNMENT, dt, _ORDER_COL)
         self.descs = [a, b, d]
         for desc, stride in ((a, n * kb), (b, x_stride), (d, n * m)):
             self._set(lt.mat_desc_set_attribute, desc, lt.MatDescAttribute.NUM_BATCHES, s)
             self._set(lt.mat_desc_set_attribute, desc, lt.MatDescAttribute.BATCH_STRIDE, stride)
-        self.mm = lt.matmul_descriptor_init(h, OP_N, OP_T, a, b, d, d, COMPUTE_32F)
+        self.mm = lt.matmul_descriptor_init(h, _OP_N, _OP_T, a, b, d, d, _COMPUTE_32F)
         self.sel = lt.matmul_alg_selection_init(h, self.mm, 0)
         self.plan = lt.matmul_plan_init(h, self.mm, self.sel)
         size, buf = lt.sp_mma_compressed_size(h, self.plan)
@@ -82,7 +78,7 @@ class BatchedSplit:
         self.alpha, self.beta = np.ones(1, np.float32), np.zeros(1, np.float32)
         self.streams = np.array([cp.cuda.get_current_stream().ptr], np.uint64)
         self.ws = cp.empty(max(lt.matmul_get_workspace(h, self.plan), 1), cp.uint8)
-        xb = self._x(x_example)
+        xb = self.prepare(x_example)
         lt.matmul_search(h, self.plan, self.alpha.ctypes.data, self.wc.data.ptr, xb.data.ptr,
                          self.beta.ctypes.data, self.parts.data.ptr, self.parts.data.ptr, self.ws.data.ptr,
                          self.streams.ctypes.data, 1)
@@ -98,14 +94,11 @@ class BatchedSplit:
         v = np.array([value], dtype=dtype)
         setter(self.h, desc, attr, v.ctypes.data, v.itemsize)
 
-    def _x(self, x):
+    def prepare(self, x):
         """x as the batched B operand: x itself (view) or its S column blocks made contiguous (copy)."""
         if self.x_mode == "view":
             return x
         return self.cp.ascontiguousarray(x.reshape(self.m, self.s, self.k // self.s).transpose(1, 0, 2))
-
-    def prepare(self, x):
-        return self._x(x)
 
     def batched(self, xb):
         self.lt.matmul(self.h, self.plan, self.alpha.ctypes.data, self.wc.data.ptr, xb.data.ptr,
