@@ -23,6 +23,14 @@ def is_gpu_array(x):
     return array_module(x) is not np
 
 
+def check_array(x, name="w"):
+    """Raise TypeError unless ``x`` is a NumPy or CuPy array (lists and torch tensors are not)."""
+    if not isinstance(x, np.ndarray) and not is_gpu_array(x):
+        kind = type(x).__name__ if type(x).__module__ == "builtins" else f"{type(x).__module__}.{type(x).__name__}"
+        raise TypeError(f"{name} is a {kind}; pass a NumPy or CuPy array (np.asarray({name}); for a torch "
+                        "tensor: t.numpy())")
+
+
 def _cupy():
     try:
         import cupy

@@ -34,6 +34,11 @@ def check_m(m):
         raise ValueError(f"m={m} must be >= 1 (the group size)")
 
 
+def check_straddle(straddle):
+    if not isinstance(straddle, bool):
+        raise TypeError(f"straddle must be True or False, got {straddle!r}")
+
+
 def _axis_name(layout):
     return {"linear": "in_features (axis 1)", "conv": "Cin (axis 1)",
             "nchw_flatten": "Cin*prod(kernel) (the flattened axes 1..)"}[layout]
@@ -86,6 +91,7 @@ def divisors(k):
 
 def check_divisible(shape, m, layout, straddle=False):
     """Raise unless groups of ``m`` tile the grouped axis (or, with straddle, the whole weight)."""
+    check_straddle(straddle)
     check_m(m)
     k = grouped_axis_length(shape, layout)
     if k % m == 0:

@@ -28,7 +28,7 @@ from functools import lru_cache
 import numpy as np
 
 from .backend import array_module, to_device, to_host
-from .groups import from_groups, to_groups
+from .groups import check_straddle, from_groups, to_groups
 from .masks import check_pattern
 from .params import Param
 from .sparsity import Method, masked_grad
@@ -296,8 +296,7 @@ class LBC(Method):
         _check_number("score_weight_decay", score_weight_decay)
         self.t_i, self.t_f, self.power, self.removal = t_i, t_f, power, removal
         self.score_weight_decay = score_weight_decay
-        if not isinstance(straddle, bool):
-            raise TypeError(f"straddle must be True or False, got {straddle!r}")
+        check_straddle(straddle)
         self.straddle = straddle
         self.k, self.epoch, self.frozen = 0, 0, False
         self.scores = None

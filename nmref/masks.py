@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import kernels
-from .backend import array_module, is_gpu_array, to_host
+from .backend import array_module, check_array, is_gpu_array, to_host
 from .groups import (axis_view, check_divisible, check_layout, check_m, from_groups, group_position,
                      grouped_axis_length, grouped_shape, to_groups)
 
@@ -33,6 +33,7 @@ def check_pattern(n, m):
 
 
 def check_float(w, name="w"):
+    check_array(w, name)
     if w.dtype.kind != "f":
         raise TypeError(f"{name} must be a floating-point array, got dtype {w.dtype}; "
                         "cast it (w.astype(np.float32)) or, for a mask, use is_nm / check_nm")

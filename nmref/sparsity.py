@@ -17,25 +17,44 @@ import inspect
 import math
 import numbers
 
-from .backend import array_module, to_host
-from .groups import to_groups
-from .masks import check_pattern, nm_mask, parse_pattern
+from .backend import array_module, check_array, to_host
+from .groups import check_straddle, to_groups
+from .masks import check_float, check_pattern, nm_mask, parse_pattern
 
 
-# The three weight-gradient rules, side by side (g = dL/dW~):
+# The three weight-gradient rules, side by side (g = dL/dW~; results in w's dtype):
 def ste_grad(g, w, mask):
     """STE: dW = g, pruned weights included (Zhou et al. 2021, Eq. 2)."""
-    return g
+    check_grad_args(g, w, mask)
+    return g.astype(w.dtype, copy=False)
 
 
 def srste_grad(g, w, mask, lam=2e-4):
     """SR-STE: dW = g + lam * (1 - E) * W (Zhou et al. 2021, Eq. 5)."""
-    return g + (~mask * w.dtype.type(lam)) * w                  # stays in w's dtype (a Python float would promote)
+    lam = check_lam(lam)
+    check_grad_args(g, w, mask)
+    return g.astype(w.dtype, copy=False) + (~mask * w.dtype.type(lam)) * w     # a Python float would promote
 
 
 def masked_grad(g, w, mask):
     """Masked: dW = E * g (fixed-mask fine-tuning; LBC's weight rule, Zhang et al. 2022)."""
-    return mask * g
+    check_grad_args(g, w, mask)
+    return mask * g.astype(w.dtype, copy=False)
+
+
+def check_grad_args(g, w, mask):
+    """g (dL/dW~) a float array of w's shape; mask a bool array of w's shape (True = kept); no broadcasting."""
+    check_float(w, "w")
+    check_float(g, "g")
+    check_array(mask, "mask")
+    if tuple(g.shape) != tuple(w.shape):
+        raise ValueError(f"g has shape {tuple(g.shape)} but w has {tuple(w.shape)}; g = dL/dW~ must have w's shape")
+    if mask.dtype != bool:
+        raise TypeError(f"mask must be a bool array (True = kept), got dtype {mask.dtype}; for a 0/1 mask pass "
+                        "mask != 0")
+    if tuple(mask.shape) != tuple(w.shape):
+        raise ValueError(f"mask has shape {tuple(mask.shape)} but w has {tuple(w.shape)}; pass the mask of this "
+                         "weight (same shape, no broadcasting)")
 
 
 class Method:
@@ -91,8 +110,7 @@ class STE(Method):
 
     def __init__(self, n, m, straddle=False):
         check_pattern(n, m)
-        if not isinstance(straddle, bool):
-            raise TypeError(f"straddle must be True or False, got {straddle!r}")
+        check_straddle(straddle)
         self.n, self.m, self.straddle = int(n), int(m), straddle
 
     def bind(self, weight, layout):
@@ -118,10 +136,14 @@ class STE(Method):
 
 
 def check_lam(lam):
+    """lam (SR-STE's lambda_W) as a float; TypeError unless real, ValueError unless finite and >= 0."""
     if isinstance(lam, bool) or not isinstance(lam, numbers.Real):
         raise TypeError(f"lam must be a real number (the SR-STE decay lambda_W, default 2e-4), got {lam!r}")
     if not math.isfinite(lam):
         raise ValueError(f"lam={lam} is not finite; use a finite lambda_W such as 2e-4 (0 gives plain STE)")
+    if lam < 0:
+        raise ValueError(f"lam={lam} must be >= 0 (a negative lambda_W grows the pruned weights); use e.g. 2e-4, "
+                         "or 0 for plain STE")
     return float(lam)
 
 

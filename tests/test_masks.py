@@ -131,6 +131,23 @@ def test_non_float_weight_raises(dtype):
         nm_mask(np.ones((2, 8), dtype=dtype), 2, 4)
 
 
+def test_non_array_weight_raises_a_clear_type_error():
+    torch = pytest.importorskip("torch")
+    for w, kind in (([[1.0, 2.0, 3.0, 4.0]], "list"), (torch.ones(2, 8), "torch.Tensor")):
+        with pytest.raises(TypeError, match=rf"w is a {kind}; pass a NumPy or CuPy array .*t\.numpy\(\)"):
+            nm_mask(w, 2, 4)
+
+
+@pytest.mark.parametrize("straddle", [1, 0, "yes", None])
+def test_straddle_must_be_a_bool_as_in_the_methods(straddle):
+    from nmref import STE
+    for call in (lambda: nm_mask(np.ones((2, 8)), 2, 4, straddle=straddle),
+                 lambda: is_nm(np.ones((2, 8)), 2, 4, straddle=straddle),
+                 lambda: STE(2, 4, straddle=straddle)):
+        with pytest.raises(TypeError, match="straddle must be True or False"):
+            call()
+
+
 def test_layout_misuse_and_divisibility_raise():
     with pytest.raises(ValueError, match="layout='linear' needs a 2-D"):
         nm_mask(np.ones((4, 8, 3, 3)), 2, 4)

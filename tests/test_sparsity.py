@@ -22,6 +22,45 @@ def test_three_rules_side_by_side(rng):
     assert np.array_equal(masked_grad(g, w, mask), np.where(mask, g, 0.0))
 
 
+@pytest.mark.parametrize("rule", [ste_grad, srste_grad, masked_grad])
+def test_grad_rules_check_mask_and_g(rule, rng):
+    g, w = rng.standard_normal((2, 6, 8))
+    mask = nm_mask(w, 2, 4)
+    for bad in (mask.astype(np.uint8), mask.astype(np.int64)):    # ~ of 0/1 ints is -1/-2: silently wrong before
+        with pytest.raises(TypeError, match=r"mask must be a bool array .*mask != 0"):
+            rule(g, w, bad)
+    with pytest.raises(TypeError, match="mask must be a bool array"):
+        rule(g, w, mask.astype(np.float64))
+    with pytest.raises(ValueError, match=r"mask has shape \(1, 8\) but w has \(6, 8\)"):
+        rule(g, w, mask[:1])                                        # would broadcast
+    with pytest.raises(ValueError, match=r"g has shape \(8,\) but w has \(6, 8\)"):
+        rule(g[0], w, mask)
+    with pytest.raises(TypeError, match="mask is a list"):
+        rule(g, w, mask.tolist())
+    with pytest.raises(TypeError, match="g must be a floating-point"):
+        rule(g.astype(np.int64), w, mask)
+
+
+@pytest.mark.parametrize("rule", [ste_grad, srste_grad, masked_grad])
+def test_grad_rules_return_w_dtype(rule, rng):
+    g, w = rng.standard_normal((2, 4, 8))
+    w32 = w.astype(np.float32)
+    mask = nm_mask(w32, 2, 4)
+    assert rule(g, w32, mask).dtype == np.float32                  # float64 g, float32 w: w's dtype
+    assert rule(g.astype(np.float32), w, mask).dtype == np.float64
+
+
+@pytest.mark.parametrize("lam, error, match", [(float("nan"), ValueError, "not finite"),
+                                                (float("inf"), ValueError, "not finite"),
+                                                (-1e-4, ValueError, ">= 0"), ("2e-4", TypeError, "real number")])
+def test_srste_grad_checks_lam_as_the_class_does(lam, error, match, rng):
+    g, w = rng.standard_normal((2, 4, 8))
+    with pytest.raises(error, match=match):
+        srste_grad(g, w, nm_mask(w, 2, 4), lam)
+    with pytest.raises(error, match=match):
+        SRSTE(2, 4, lam=lam)
+
+
 @pytest.mark.parametrize("shape, layout, n, m", CASES)
 def test_ste_and_srste_forward_and_grad(shape, layout, n, m, rng):
     for method in (STE(n, m), SRSTE(n, m, lam=0.01)):
