@@ -4,6 +4,7 @@ imported only when such a file is read; bfloat16 and float8 entries are widened 
 """
 import json
 import os
+import re
 import struct
 import zipfile
 
@@ -68,6 +69,8 @@ def sniff_format(path):
 def read_tensors(path):
     """A ``TensorFile`` from ``path`` (.npz / .npy, .pt / .pth / .bin / .ckpt, .safetensors)."""
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise CheckInputError(f"{path}: is a directory; give a weight file in it (.npz, .pt, .safetensors, ...)")
     if not os.path.isfile(path):
         raise CheckInputError(f"{path}: no such file")
     fmt = sniff_format(path)
@@ -135,9 +138,8 @@ def _read_torch(path):
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        hint = "; save model.state_dict() instead of the model object" if "Weights only" in str(exc) else ""
-        raise CheckInputError(f"{path}: not readable by torch.load(weights_only=True) "
-                              f"({one_line(exc, 120)}){hint}") from None
+        raise CheckInputError(f"{path}: not readable by torch.load(weights_only=True) ({_torch_load_reason(exc)})"
+                              ) from None
     out = TensorFile(path, "torch")
     if not isinstance(obj, dict):
         raise CheckInputError(f"{path}: holds a {type(obj).__name__}, expected a state dict (name -> tensor)")
@@ -157,6 +159,21 @@ def _read_torch(path):
             continue
         out.add(str(name), array, dtype)
     return out
+
+
+def _torch_load_reason(exc):
+    """Why torch.load(weights_only=True) failed, on one line; the state_dict hint only for a pickled object
+    (torch names the class it refused: "Unsupported global: GLOBAL torch.nn.modules.linear.Linear ...")."""
+    text = " ".join(str(exc).split())
+    refused = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+    if refused:
+        return (f"it pickles a {refused.group(1)} object, which weights_only refuses; "
+                "save model.state_dict() instead of the model object")
+    detail = re.search(r"WeightsUnpickler error: (.*?)(?: Check the documentation|$)", text)
+    text = detail.group(1) if detail else text
+    if not re.search("[A-Za-z]", text):                                  # KeyError: 101 from a text file
+        text = f"{type(exc).__name__} {text}"
+    return one_line(text, 120)
 
 
 def _torch_to_numpy(t, torch):
@@ -181,14 +198,14 @@ def _read_safetensors(path):
     try:
         with safe_open(path, framework="np") as f:
             for name in f.keys():
+                dtype = f.get_slice(name).get_dtype()
+                if dtype in WIDENED:
+                    out.add(name, _read_widened(path, name, dtype), WIDENED[dtype][0])
+                    continue
                 try:
                     out.add(name, f.get_tensor(name))
-                except TypeError:
-                    dtype = f.get_slice(name).get_dtype()
-                    if dtype != "BF16":
-                        out.unreadable[name] = f"dtype {dtype} has no NumPy equivalent"
-                        continue
-                    out.add(name, _read_bf16(path, name), "bfloat16")
+                except Exception as exc:
+                    out.unreadable[name] = f"dtype {dtype} has no NumPy equivalent ({one_line(exc, 80)})"
     except CheckInputError:
         raise
     except Exception as exc:
@@ -196,12 +213,45 @@ def _read_safetensors(path):
     return out
 
 
-def _read_bf16(path, name):
-    """A BF16 safetensors entry widened exactly to float32 (NumPy has no bfloat16)."""
+def _bf16_to_f32(raw):
+    """bfloat16 bits (uint8 pairs, little-endian) -> float32: the upper half of a float32."""
+    return (raw.view("<u2").astype("<u4") << 16).view("<f4")
+
+
+def _f8_e5m2_to_f32(raw):
+    """float8 e5m2 bits -> float32: the upper byte of an IEEE float16 (inf and NaN included)."""
+    return (raw.astype("<u2") << 8).view("<f2").astype(np.float32)
+
+
+def _f8_e4m3fn_table():
+    """float8 e4m3fn (OCP FP8, torch.float8_e4m3fn): bias 7, subnormals, no inf, S.1111.111 = NaN; all 256
+    values as float32."""
+    bits = np.arange(256)
+    sign = np.where(bits & 0x80, -1.0, 1.0)
+    exponent, mantissa = (bits >> 3) & 0xF, bits & 0x7
+    value = np.where(exponent == 0, np.ldexp(mantissa / 8, -6), np.ldexp(1 + mantissa / 8, exponent - 7))
+    value = np.where((bits & 0x7F) == 0x7F, np.nan, sign * value)
+    return value.astype(np.float32)
+
+
+_F8_E4M3FN = _f8_e4m3fn_table()
+
+
+def _f8_e4m3fn_to_f32(raw):
+    return _F8_E4M3FN[raw]
+
+
+# safetensors dtypes NumPy lacks, widened exactly to float32: (the stored dtype's name, decoder of raw bytes)
+WIDENED = {"BF16": ("bfloat16", _bf16_to_f32), "F8_E4M3": ("float8_e4m3fn", _f8_e4m3fn_to_f32),
+           "F8_E5M2": ("float8_e5m2", _f8_e5m2_to_f32)}
+
+
+def _read_widened(path, name, dtype):
+    """A safetensors entry of a dtype in ``WIDENED``, decoded from its raw bytes to float32."""
     with open(path, "rb") as f:
         (header_len,) = struct.unpack("<Q", f.read(8))
         entry = json.loads(f.read(header_len))[name]
         start, end = entry["data_offsets"]
         f.seek(8 + header_len + start)
-        raw = np.frombuffer(f.read(end - start), dtype="<u2")
-    return (raw.astype("<u4") << 16).view("<f4").reshape(entry["shape"])
+        raw = np.frombuffer(f.read(end - start), dtype=np.uint8)
+    return WIDENED[dtype][1](raw).reshape(entry["shape"])

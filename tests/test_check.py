@@ -104,6 +104,39 @@ def test_bfloat16_tensors_read_exactly(tmp_path, rng):
         assert check_file(tmp_path / name, "2:4")["compliant"]
 
 
+def write_safetensors(path, entries):
+    """A .safetensors file by hand: 8-byte little-endian header length, JSON header, raw bytes."""
+    header, blobs, offset = {}, [], 0
+    for name, (dtype, shape, raw) in entries.items():
+        header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + len(raw)]}
+        blobs.append(raw)
+        offset += len(raw)
+    text = json.dumps(header).encode()
+    path.write_bytes(len(text).to_bytes(8, "little") + text + b"".join(blobs))
+
+
+def test_float8_tensors_read_exactly_and_an_unknown_dtype_skips_only_its_tensor(tmp_path, rng):
+    every_byte = bytes(range(256))
+    fc = _nm(rng, (6, 16))
+    write_safetensors(tmp_path / "f8.safetensors", {
+        "e4m3": ("F8_E4M3", (16, 16), every_byte), "e5m2": ("F8_E5M2", (16, 16), every_byte),
+        "e8m0": ("F8_E8M0", (4,), bytes(4)), "fc.weight": ("F32", fc.shape, fc.tobytes())})
+    read = read_tensors(tmp_path / "f8.safetensors")
+    assert read.dtypes["e4m3"] == "float8_e4m3fn" and read.dtypes["e5m2"] == "float8_e5m2"
+    assert "F8_E8M0" in read.unreadable["e8m0"] and list(read.unreadable) == ["e8m0"]
+    codes = torch.frombuffer(bytearray(every_byte), dtype=torch.uint8)
+    for name, dtype in (("e4m3", torch.float8_e4m3fn), ("e5m2", torch.float8_e5m2)):
+        expected = codes.view(dtype).float().numpy().reshape(16, 16)
+        assert read.tensors[name].dtype == np.float32
+        np.testing.assert_array_equal(read.tensors[name], expected)          # NaN where torch has NaN
+    e4m3, e5m2 = read.tensors["e4m3"].ravel(), read.tensors["e5m2"].ravel()  # by hand, without torch
+    assert (e4m3[0x38], e4m3[0x7E], e4m3[0x01], e4m3[0xB8]) == (1.0, 448.0, 2.0 ** -9, -1.0)
+    assert np.isnan(e4m3[0x7F]) and np.isnan(e4m3[0xFF]) and np.signbit(e4m3[0x80]) and e4m3[0x80] == 0
+    assert (e5m2[0x3C], e5m2[0x7B], e5m2[0x01], e5m2[0x7C]) == (1.0, 57344.0, 2.0 ** -16, np.inf)
+    report = check_file(tmp_path / "f8.safetensors", "2:4")
+    assert _by_name(report)[0]["fc.weight"]["compliant"] and _by_name(report)[0]["e4m3"]["compliant"] is False
+
+
 def test_nmref_style_npz_checks_masked_weights_and_skips_state(tmp_path, rng, capsys):
     dense = rng.standard_normal((6, 16)).astype(np.float32)                       # stored dense, as nmref does
     mask = nm_mask(dense, 2, 4)
@@ -153,7 +186,20 @@ def test_corrupt_file_gives_no_traceback_from_the_command_line(tmp_path):
 def test_pickled_module_is_refused_with_a_hint(tmp_path, capsys):
     torch.save(torch.nn.Linear(8, 4), tmp_path / "module.pt")
     code, _, err = _run(capsys, tmp_path / "module.pt", "--pattern", "2:4")
-    assert code == 2 and "state_dict()" in err
+    assert code == 2 and "state_dict()" in err and "torch.nn.modules.linear.Linear" in err
+
+
+@pytest.mark.parametrize("text", ["garbage\n", "hello world\n", "{}\n"])
+def test_text_file_named_pt_gets_no_state_dict_hint(tmp_path, capsys, text):
+    (tmp_path / "garbage.pt").write_text(text)
+    code, out, err = _run(capsys, tmp_path / "garbage.pt", "--pattern", "2:4")
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert "not readable by torch.load" in err and "state_dict" not in err
+
+
+def test_directory_is_named_as_such(tmp_path, capsys):
+    code, _, err = _run(capsys, tmp_path, "--pattern", "2:4")
+    assert code == 2 and "is a directory" in err and "no such file" not in err
 
 
 def test_non_weight_entries_are_reported_not_checked(tmp_path, rng):
