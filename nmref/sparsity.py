@@ -136,14 +136,12 @@ class STE(Method):
 
 
 def check_lam(lam):
-    """lam (SR-STE's lambda_W) as a float; TypeError unless real, ValueError unless finite and >= 0."""
+    """lam (SR-STE's lambda_W) as a float; TypeError unless real, ValueError unless finite. A negative lam is
+    allowed: the SR-STE paper's ablation (notebook 03, figure 3) uses one to show that it raises SAD."""
     if isinstance(lam, bool) or not isinstance(lam, numbers.Real):
         raise TypeError(f"lam must be a real number (the SR-STE decay lambda_W, default 2e-4), got {lam!r}")
     if not math.isfinite(lam):
         raise ValueError(f"lam={lam} is not finite; use a finite lambda_W such as 2e-4 (0 gives plain STE)")
-    if lam < 0:
-        raise ValueError(f"lam={lam} must be >= 0 (a negative lambda_W grows the pruned weights); use e.g. 2e-4, "
-                         "or 0 for plain STE")
     return float(lam)
 
 

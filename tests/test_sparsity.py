@@ -52,13 +52,20 @@ def test_grad_rules_return_w_dtype(rule, rng):
 
 @pytest.mark.parametrize("lam, error, match", [(float("nan"), ValueError, "not finite"),
                                                 (float("inf"), ValueError, "not finite"),
-                                                (-1e-4, ValueError, ">= 0"), ("2e-4", TypeError, "real number")])
+                                                ("2e-4", TypeError, "real number")])
 def test_srste_grad_checks_lam_as_the_class_does(lam, error, match, rng):
     g, w = rng.standard_normal((2, 4, 8))
     with pytest.raises(error, match=match):
         srste_grad(g, w, nm_mask(w, 2, 4), lam)
     with pytest.raises(error, match=match):
         SRSTE(2, 4, lam=lam)
+
+
+def test_negative_lam_is_allowed_as_in_the_papers_ablation(rng):
+    g, w = rng.standard_normal((2, 4, 8))
+    mask = nm_mask(w, 2, 4)
+    np.testing.assert_array_equal(srste_grad(g, w, mask, -0.5), np.where(mask, g, g - 0.5 * w))
+    assert SRSTE(2, 4, lam=-2e-3).lam == -2e-3
 
 
 @pytest.mark.parametrize("shape, layout, n, m", CASES)
