@@ -1,10 +1,16 @@
 import numpy as np
 import pytest
 
-from nmref import Param, SADTracker, gpu_available, nm_mask, sad
-from nmref.sad import pack, unpack
+from nmref import Param, SADTracker, gpu_available, nm_mask
+from nmref.sad import pack, sad, unpack
 
 SHAPES = {"fc1.weight": (6, 8), "conv.weight": (4, 8, 3, 3)}
+
+
+def test_nmref_sad_is_the_module():
+    import nmref
+    import nmref.sad as module
+    assert nmref.sad is module and module.sad is sad and nmref.sad.SADTracker is SADTracker is nmref.SADTracker
 
 
 def test_sad_hand_count():

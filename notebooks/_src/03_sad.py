@@ -24,7 +24,8 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 
-from nmref import SADTracker, nm_mask, sad
+from nmref import SADTracker, nm_mask
+from nmref.sad import sad
 from nmref.data import fast_mode
 from nmref.train import TrainConfig, train
 
