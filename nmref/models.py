@@ -19,7 +19,7 @@ import math
 
 import numpy as np
 
-from .groups import LAYOUTS, grouped_axis_length
+from .groups import LAYOUTS, divisors, grouped_axis_length
 from .layers import (BatchNorm, Conv1d, Conv2d, Flatten, GlobalAvgPool, Linear, MaxPool2d, ReLU,
                      ResidualBlock, Sequential)
 from .sparsity import Dense
@@ -108,9 +108,26 @@ def sparsify(model, sparsity, sparse_last=False, strict_sparse=False):
             model.notes[name] = f"dense: {reason}"
             continue
         layer.method = sparsity().bind(layer.weight, layer.layout)
+    if probe is not None and not isinstance(probe, Dense) and not model.sparse_layers():
+        raise ValueError(_nothing_sparse(model, probe, last, sparse_last))
     for full_name, p in model.named_params().items():
         p.name = full_name
     return model
+
+
+def _nothing_sparse(model, probe, last, sparse_last):
+    """Why no layer of ``model`` took ``probe``'s pattern, and which m would fit (a run would train dense)."""
+    pattern = f"{probe.n}:{probe.m}"
+    candidates = {n: l for n, l in model.weight_layers().items() if n != last or sparse_last}
+    if not candidates:
+        return (f"no layer can take the pattern {pattern}: the only weight layer, {last}, is the last one; "
+                "pass sparse_last=True (--sparse-last)")
+    axes = {grouped_axis_length(l.weight.value.shape, l.layout) for l in candidates.values()}
+    fits = tuple(sorted({m for k in axes for m in divisors(k) if m >= probe.n}))
+    advice = f"choose m in {fits}" if fits else f"no m >= n={probe.n} fits these layers: use another model"
+    return (f"no layer can take the pattern {pattern}: no weight layer's grouped axis is divisible by m={probe.m} "
+            f"(the run would train a dense model); {advice} and see which layers take it with "
+            "nmref train --describe (model.describe())")
 
 
 def _unfit_reason(shape, layout, probe):

@@ -17,6 +17,7 @@ import csv
 import dataclasses
 import io
 import json
+import math
 import os
 import time
 from pathlib import Path
@@ -24,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
-from .backend import DEVICES, to_device, to_host
+from .backend import DEVICES, array_module, to_device, to_host
 from .data import DATASETS, batches, fast_mode, first_samples, load, num_batches, save_npz_atomic
 from .groups import LAYOUTS
 from .losses import softmax_cross_entropy
@@ -111,6 +112,15 @@ class ConfigError(ValueError):
     """A setting of the run is wrong (or does not match the checkpoint being resumed); says which and why."""
 
 
+class TrainingDiverged(ConfigError):
+    """The logits or the weights became NaN / inf during training: the learning rate is too high for the run."""
+
+    def __init__(self, epoch, step, what, lr):
+        self.epoch, self.step = epoch, step
+        super().__init__(f"training diverged at epoch {epoch}, step {step} ({what} became NaN or inf); "
+                         f"lower --lr (lr={lr:g})")
+
+
 def _fail(field, value, need):
     raise ConfigError(f"{field}={value!r}: {need}")
 
@@ -139,8 +149,14 @@ def validate(config, need_data=True):
             _fail(field, value, "must be an integer >= 0 (0: all samples)")
     if c.stop_after is not None and (not isinstance(c.stop_after, int) or c.stop_after < 1):
         _fail("stop_after", c.stop_after, "must be an integer >= 1 (or None to run to the end)")
+    if isinstance(c.seed, bool) or not isinstance(c.seed, int) or c.seed < 0:
+        _fail("seed", c.seed, "must be an integer >= 0")
+    for field in ("lr", "weight_decay", "score_weight_decay", "momentum", "warmup_frac", "label_smoothing"):
+        value = getattr(c, field)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            _fail(field, value, "must be a finite number")
     for field in ("lr", "weight_decay", "score_weight_decay"):
-        if not (isinstance(getattr(c, field), (int, float)) and getattr(c, field) >= 0):
+        if getattr(c, field) < 0:
             _fail(field, getattr(c, field), "must be a number >= 0")
     if not 0 <= c.momentum < 1:
         _fail("momentum", c.momentum, "must be in [0, 1)")
@@ -163,6 +179,27 @@ def validate(config, need_data=True):
         method_factory(c)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"method {c.method!r}: {exc}") from None
+    _check_schedule_fits(c)
+
+
+def _check_schedule_fits(c):
+    """The mask must be N:M by the end of the run: epochs are 0 .. epochs - 1 and methods act at the start of
+    an epoch, so LBC needs t_i < t_f <= epochs - 1 (t_f=None: epochs / 2) and Fixed fix_at <= epochs - 1."""
+    last = c.epochs - 1
+    if c.method == "fixed" and c.fix_at > last:
+        _fail("fix_at", c.fix_at, f"must be < epochs={c.epochs}: the mask is taken at the start of epoch fix_at "
+                                  "and the run would end dense; lower fix_at or raise epochs")
+    if c.method != "lbc":
+        return
+    t_f = c.epochs / 2 if c.t_f is None else c.t_f
+    default = f" (t_f=None: epochs / 2 = {t_f:g})" if c.t_f is None else ""
+    if not c.t_i < t_f:
+        _fail("t_i", c.t_i, f"must be < t_f{default}: removal runs from epoch t_i to t_f; lower t_i, or raise "
+                            "t_f and epochs")
+    if t_f > last:
+        _fail("t_f", c.t_f, f"must be <= epochs - 1 = {last}{default}: one combination per group (an N:M mask) "
+                            "is left only from epoch t_f on, so the run would end before it; lower t_f or raise "
+                            "epochs")
 
 
 def method_factory(config):
@@ -433,6 +470,7 @@ class Loop:
         self.checkpoint = checkpoint
         self.sparse = model.sparse_layers()
         self.methods = [layer.method for layer in model.weight_layers().values()]
+        self.params = model.params()
         self.steps_per_epoch = num_batches(len(self.y_train), config.batch_size)
         self.total_steps = config.epochs * self.steps_per_epoch
         self.warmup_steps = round(config.warmup_frac * self.total_steps)
@@ -468,13 +506,7 @@ class Loop:
             self.tracker.start(current_masks(self.sparse))
         loss_sum, correct, seen = 0.0, 0, 0
         for i, (xb, yb) in enumerate(batches(self.x_train, self.y_train, config.batch_size, rng=run["rng"])):
-            optimizer.set_lr_scale(lr_factor(run["step"], self.total_steps, self.warmup_steps, config.schedule))
-            for method in self.methods:
-                method.before_step()
-            logits = model.forward(xb, train=True)                                  # (B, K)
-            loss, dlogits = softmax_cross_entropy(logits, yb, config.label_smoothing)
-            model.backward(dlogits, input_grad=False)                               # no dL/dx for the data
-            optimizer.step()
+            loss, logits = self.step(epoch, xb, yb)
             if self.tracker is not None:
                 self.tracker.step({name: layer.method.mask for name, layer in self.sparse.items()})
             run["step"] += 1
@@ -497,6 +529,30 @@ class Loop:
         row["train_time"] = train_time
         row["epoch_time"] = time.perf_counter() - started
         return row
+
+    def step(self, epoch, xb, yb):
+        """One optimizer step on a batch -> (loss, logits). NaN / inf in the logits or in the weights after the
+        step raise TrainingDiverged (checked here, so NumPy's overflow warnings are not printed)."""
+        config, run, model, optimizer = self.config, self.run_state, self.model, self.optimizer
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            optimizer.set_lr_scale(lr_factor(run["step"], self.total_steps, self.warmup_steps, config.schedule))
+            for method in self.methods:
+                method.before_step()
+            logits = model.forward(xb, train=True)                                  # (B, K)
+            if not _all_finite([logits]):
+                raise TrainingDiverged(epoch + 1, run["step"] + 1, "the logits", config.lr)
+            loss, dlogits = softmax_cross_entropy(logits, yb, config.label_smoothing)
+            model.backward(dlogits, input_grad=False)                               # no dL/dx for the data
+            optimizer.step()
+            if not _all_finite([p.value for p in self.params]):
+                raise TrainingDiverged(epoch + 1, run["step"] + 1, "the weights", config.lr)
+        return loss, logits
+
+
+def _all_finite(arrays):
+    """True when no array holds NaN or inf (one device sync for all of them)."""
+    xp = array_module(*arrays)
+    return bool(xp.stack([xp.isfinite(a).all() for a in arrays]).all())
 
 
 def _plain(value):

@@ -39,11 +39,26 @@ def test_help_has_examples(capsys):
     (["train", "--method", "lbc", "--t-f", "-1"], "t_f=-1.0 must be > t_i=0"),
     (["train", "--epochs", "0"], "argument --epochs: 0 must be an integer >= 1"),
     (["train", "--method", "srste", "--strict-sparse", "--describe"], "cannot be made 2:4"),
+    (["train", "--method", "ste", "--pattern", "2:3", "--describe"], "no layer can take the pattern 2:3"),
+    (["train", "--method", "lbc", "--t-i", "5", "--epochs", "2", "--describe"], "t_i=5: must be < t_f"),
+    (["train", "--method", "lbc", "--t-f", "1000", "--epochs", "2", "--describe"], "t_f=1000.0: must be <= epochs - 1"),
+    (["train", "--method", "fixed", "--fix-at", "100", "--epochs", "2", "--describe"], "fix_at=100: must be < epochs"),
+    (["train", "--seed", "-1", "--describe"], "seed=-1: must be an integer >= 0"),
+    (["train", "--lr", "inf", "--describe"], "lr=inf: must be a finite number"),
+    (["train", "--weight-decay", "inf", "--describe"], "weight_decay=inf: must be a finite number"),
     (["bogus"], "invalid choice: 'bogus'"),
 ])
 def test_bad_arguments_exit_2_with_a_clear_message(capsys, argv, message):
     assert exit_code(argv) == 2
     assert message in capsys.readouterr().err
+
+
+def test_diverging_run_is_one_line_exit_2(tmp_path, capsys):
+    assert exit_code(["train", "--method", "srste", "--pattern", "2:4", "--lr", "1e6", "--no-progress", "--out",
+                      str(tmp_path / "x")]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.startswith("nmref train: error: training diverged at epoch 1, step ")
+    assert captured.err.rstrip().endswith("lower --lr (lr=1e+06)") and captured.err.count("\n") == 1
 
 
 def test_missing_data_files_exit_2(tmp_path, capsys):

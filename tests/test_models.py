@@ -52,6 +52,16 @@ def test_sparse_last_strict_and_straddle():
     assert "0" in straddled.sparse_layers()
 
 
+def test_a_pattern_no_layer_takes_is_an_error_not_a_dense_model():
+    with pytest.raises(ValueError, match=r"no layer can take the pattern 2:3: .*divisible by m=3 .*dense model\); "
+                                         r"choose m in \(2, 4, 8, 16, 32, 64\) .*--describe"):
+        build_model("cnn1d", make_method("ste", "2:3"))
+    with pytest.raises(ValueError, match=r"choose m in \(2, 4, 5, 8, 10, 16, 20, 32, 40, 64, 128, 256\)"):
+        build_model("mlp", make_method("srste", "1:3"))
+    assert sorted(build_model("mlp", make_method("ste", "1:3"), input_shape=(1, 9)).sparse_layers()) == ["1"]
+    assert build_model("cnn1d", make_method("dense")).sparse_layers() == {}
+
+
 def test_nchw_flatten_layout_groups_over_cin_times_kernel():
     model = build_model("cnn1d", make_method("ste", "2:4"), layout="nchw_flatten")
     assert model[3].layout == "nchw_flatten" and model[10].layout == "linear"

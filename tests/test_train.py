@@ -175,10 +175,44 @@ def test_logged_lr_follows_the_schedule(tmp_path):
     ({"epochs": 0}, "epochs=0: must be an integer >= 1"),
     ({"momentum": 1.5}, r"momentum=1.5: must be in \[0, 1\)"),
     ({"init_from": "/nonexistent.npz"}, "init_from='/nonexistent.npz': no such file"),
+    ({"seed": -1}, "seed=-1: must be an integer >= 0"),
+    ({"seed": 1.5}, "seed=1.5: must be an integer >= 0"),
+    ({"lr": float("inf")}, "lr=inf: must be a finite number"),
+    ({"lr": float("nan")}, "lr=nan: must be a finite number"),
+    ({"weight_decay": float("inf")}, "weight_decay=inf: must be a finite number"),
+    ({"momentum": "0.9"}, "momentum='0.9': must be a finite number"),
+    ({"method": "lbc", "t_i": 5, "epochs": 2}, r"t_i=5: must be < t_f \(t_f=None: epochs / 2 = 1\)"),
+    ({"method": "lbc", "t_f": 1000, "epochs": 2}, r"t_f=1000: must be <= epochs - 1 = 1"),
+    ({"method": "lbc", "t_f": 2, "epochs": 2}, r"t_f=2: must be <= epochs - 1 = 1"),
+    ({"method": "lbc", "epochs": 1}, r"t_f=None: must be <= epochs - 1 = 0 \(t_f=None: epochs / 2 = 0.5\)"),
+    ({"method": "fixed", "fix_at": 100, "epochs": 2}, "fix_at=100: must be < epochs=2"),
+    ({"method": "fixed", "fix_at": 2, "epochs": 2}, "fix_at=2: must be < epochs=2"),
 ])
 def test_bad_settings_fail_fast(tmp_path, settings, message):
     with pytest.raises(ValueError, match=message):
         run(tmp_path, "bad", **settings)
+
+
+def test_bad_settings_write_nothing(tmp_path):
+    for settings in ({"method": "lbc", "t_i": 5, "epochs": 2}, {"method": "ste", "pattern": "2:3"}):
+        with pytest.raises(ConfigError):
+            run(tmp_path, "bad", **settings)
+        assert not (tmp_path / "bad").exists()
+
+
+def test_schedule_limits_are_exact(tmp_path):
+    """The largest t_f and fix_at that validation accepts do end the run N:M (LBC) / fixed (Fixed)."""
+    lbc = run(tmp_path, "lbc", method="lbc", model="cnn1d", epochs=3, t_i=1, t_f=2, batch_size=500)
+    assert [r["is_nm"] for r in lbc["history"]] == [False, False, True]
+    fixed = run(tmp_path, "fixed", method="fixed", model="cnn1d", epochs=2, fix_at=1, batch_size=500)
+    assert [r["density"] for r in fixed["history"]] == [1.0, 0.5]
+
+
+def test_diverging_run_raises_training_diverged(tmp_path):
+    with pytest.raises(train_mod.TrainingDiverged, match=r"training diverged at epoch 1, step \d+ \(the "
+                                                         r"(weights|logits) became NaN or inf\); lower --lr") as err:
+        run(tmp_path, "div", method="srste", lr=1e6)
+    assert isinstance(err.value, ConfigError) and err.value.epoch == 1 and err.value.step >= 1
 
 
 def test_run_directory_protection_and_resume_checks(tmp_path):
