@@ -88,12 +88,13 @@ def add_train_parser(subparsers):
     sparse.add_argument("--strict-sparse", action="store_true",
                         help="fail when a layer cannot take the pattern instead of keeping it dense")
     sparse.add_argument("--fix-at", type=int, metavar="EPOCH",
-                        help=f"fixed: epoch whose start fixes the mask (default {d.fix_at})")
+                        help=f"fixed: epoch whose start fixes the mask, < epochs (default {d.fix_at})")
     sparse.add_argument("--init-from", metavar="CHECKPOINT", help="start from this checkpoint's weights "
                                                                   "(e.g. a dense run, for --method fixed)")
     sparse.add_argument("--t-i", type=int, metavar="EPOCH", help=f"LBC: first removal epoch (default {d.t_i})")
     sparse.add_argument("--t-f", type=float, metavar="EPOCH", help="LBC: epoch from which one combination per "
-                                                                   "group is left (default half the run)")
+                                                                   "group is left, <= epochs - 1 (default half "
+                                                                   "the run)")
     sparse.add_argument("--power", type=float, metavar="P",
                         help=f"LBC: removal schedule exponent (default {d.power:g})")
     sparse.add_argument("--removal", choices=("strict", "faithful"),
