@@ -44,8 +44,19 @@ def _check_input(layer, x, ndim, layout, channels=None, dtype=None):
     if channels is not None and x.shape[1] != channels:
         raise ValueError(f"{layer} expected input with {channels} channels (x.shape[1]), got {x.shape[1]}")
     if dtype is not None and x.dtype != dtype:
-        raise TypeError(f"{layer} got input of dtype {x.dtype} but its weights are {dtype}; cast the input "
-                        f"(x.astype({dtype.name!r})) or build the layer with dtype={x.dtype.name!r}")
+        fix = f"cast the input (x.astype({dtype.name!r}))"
+        if x.dtype in (np.float32, np.float64):
+            fix += f" or build the layer with dtype={x.dtype.name!r}"
+        raise TypeError(f"{layer} got input of dtype {x.dtype} but its weights are {dtype}; {fix}")
+
+
+def _check_count(layer, name, value):
+    """A feature / channel count: an int >= 1."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{layer} {name} must be an int >= 1, got {value!r}")
+    if value < 1:
+        raise ValueError(f"{layer} {name}={value} must be >= 1")
+    return int(value)
 
 
 def _output_size(layer, size, kernel, stride, padding):
@@ -189,6 +200,23 @@ def maxpool2d_backward(dy, cache):
 class Layer:
     """A layer without parameters: forward / backward, and empty params and buffers."""
 
+    _out_shape = None
+
+    def _forwarded(self, y):
+        """Remember the shape of the forward's output, which backward checks dy against; returns y."""
+        self._out_shape = tuple(y.shape)
+        return y
+
+    def _check_dy(self, dy):
+        """backward needs what the last forward kept, and dy = dL/dy of that forward's output."""
+        name = type(self).__name__
+        if self._out_shape is None:
+            raise RuntimeError(f"{name}.backward called before forward: run forward(x) first (backward uses what "
+                               "the forward kept)")
+        if tuple(dy.shape) != self._out_shape:
+            raise ValueError(f"{name}.backward: dy has shape {tuple(dy.shape)}, but the last forward's output had "
+                             f"{self._out_shape}; pass dL/dy of that output")
+
     def named_params(self):
         return {}
 
@@ -273,8 +301,9 @@ class Linear(WeightLayer):
 
     def __init__(self, in_features, out_features, bias=True, method=None, layout="linear", *, rng,
                  dtype=np.float32):
-        self.in_features, self.out_features = in_features, out_features
-        self._init_weight((out_features, in_features), bias, method, layout, rng, dtype)
+        self.in_features = _check_count("Linear", "in_features", in_features)
+        self.out_features = _check_count("Linear", "out_features", out_features)
+        self._init_weight((self.out_features, self.in_features), bias, method, layout, rng, dtype)
 
     def forward(self, x, train=True):
         _check_input("Linear", x, 2, "(B, in_features)", self.in_features, self.dtype)
@@ -283,9 +312,10 @@ class Linear(WeightLayer):
         if self.bias is not None:
             y += self.bias.value
         self._cache = (x, w_t)
-        return y
+        return self._forwarded(y)
 
     def backward(self, dy, input_grad=True):
+        self._check_dy(dy)
         x, w_t = self._cache
         self._set_grads(dy.T @ x, dy.sum(axis=0))                                 # (out, in), (out,)
         return dy @ w_t if input_grad else None                                   # (B, in)
@@ -301,12 +331,13 @@ class Conv2d(WeightLayer):
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True, method=None,
                  layout="conv", *, rng, dtype=np.float32):
-        self.in_channels, self.out_channels = in_channels, out_channels
+        self.in_channels = _check_count(self.name, "in_channels", in_channels)
+        self.out_channels = _check_count(self.name, "out_channels", out_channels)
         self.kernel_size = _pair(kernel_size, "kernel_size", self.name)
         self.stride = _pair(stride, "stride", self.name)
         self.padding = _pair(padding, "padding", self.name)
         _check_geometry(self.name, self.kernel_size, self.stride, self.padding)
-        self._init_weight((out_channels, in_channels, *self.kernel_size), bias, method, layout, rng, dtype)
+        self._init_weight((self.out_channels, self.in_channels, *self.kernel_size), bias, method, layout, rng, dtype)
 
     def forward(self, x, train=True):
         _check_input(self.name, x, 4, "(N, C, H, W)", self.in_channels, self.dtype)
@@ -314,9 +345,10 @@ class Conv2d(WeightLayer):
         w_t = self.method.masked(self.weight.value)                               # (Cout, Cin, kh, kw)
         b = None if self.bias is None else self.bias.value
         y, self._cache = conv2d_forward(x, w_t, b, self.stride, self.padding)
-        return y                                                                  # (N, Cout, Ho, Wo)
+        return self._forwarded(y)                                                 # (N, Cout, Ho, Wo)
 
     def backward(self, dy, input_grad=True):
+        self._check_dy(dy)
         dx, g, db = conv2d_backward(dy, self._cache, input_grad)
         self._set_grads(g, db)
         return dx                                                                 # (N, Cin, H, W)
@@ -335,9 +367,10 @@ class Conv1d(WeightLayer):
             if not isinstance(v, (int, np.integer)):
                 raise TypeError(f"Conv1d {name} must be an int, got {v!r}")
         _check_geometry("Conv1d", (kernel_size,), (stride,), (padding,))
-        self.in_channels, self.out_channels = in_channels, out_channels
+        self.in_channels = _check_count("Conv1d", "in_channels", in_channels)
+        self.out_channels = _check_count("Conv1d", "out_channels", out_channels)
         self.kernel_size, self.stride, self.padding = int(kernel_size), int(stride), int(padding)
-        self._init_weight((out_channels, in_channels, self.kernel_size), bias, method, layout, rng, dtype)
+        self._init_weight((self.out_channels, self.in_channels, self.kernel_size), bias, method, layout, rng, dtype)
 
     def forward(self, x, train=True):
         _check_input("Conv1d", x, 3, "(N, C, L)", self.in_channels, self.dtype)
@@ -346,9 +379,10 @@ class Conv1d(WeightLayer):
         b = None if self.bias is None else self.bias.value
         y, self._cache = conv2d_forward(x[:, :, None, :], w_t[:, :, None, :], b, (1, self.stride),
                                         (0, self.padding))
-        return y[:, :, 0, :]                                                      # (N, Cout, Lo)
+        return self._forwarded(y[:, :, 0, :])                                     # (N, Cout, Lo)
 
     def backward(self, dy, input_grad=True):
+        self._check_dy(dy)
         dx, g, db = conv2d_backward(dy[:, :, None, :], self._cache, input_grad)
         self._set_grads(g[:, :, 0, :], db)
         return None if dx is None else dx[:, :, 0, :]                             # (N, Cin, L)
@@ -374,6 +408,7 @@ class BatchNorm(Layer):
         if eps <= 0:
             raise ValueError(f"BatchNorm eps={eps} must be positive")
         dtype = _dtype(dtype)
+        num_features = _check_count("BatchNorm", "num_features", num_features)
         self.num_features, self.eps, self.momentum = num_features, eps, momentum
         self.weight = Param(np.ones(num_features, dtype=dtype), "weight")
         self.bias = Param(np.zeros(num_features, dtype=dtype), "bias")
@@ -407,11 +442,12 @@ class BatchNorm(Layer):
         y = centred * scale.reshape(shape)
         y += self.bias.value.reshape(shape)
         self._cache = (centred, inv_std, scale, axes, shape, count, train)
-        return y
+        return self._forwarded(y)
 
     def backward(self, dy):
         """x_hat = (x - mean) / sigma. Train: dx = gamma/sigma (dy - mean(dy) - x_hat mean(dy x_hat));
         eval: dx = gamma/sigma dy. dgamma = sum(dy x_hat), dbeta = sum(dy)."""
+        self._check_dy(dy)
         xp = array_module(dy)
         centred, inv_std, scale, axes, shape, count, train = self._cache
         sum_dy = xp.einsum(f"{axes}->c", dy)                                      # (C,)
@@ -453,9 +489,10 @@ class ReLU(Layer):
     def forward(self, x, train=True):
         y = array_module(x).maximum(x, 0)
         self._positive = y > 0
-        return y
+        return self._forwarded(y)
 
     def backward(self, dy):
+        self._check_dy(dy)
         return dy * self._positive
 
 
@@ -470,9 +507,10 @@ class MaxPool2d(Layer):
     def forward(self, x, train=True):
         _check_input("MaxPool2d", x, 4, "(N, C, H, W)")
         y, self._cache = maxpool2d_forward(x, self.kernel_size, self.stride)
-        return y
+        return self._forwarded(y)
 
     def backward(self, dy):
+        self._check_dy(dy)
         return maxpool2d_backward(dy, self._cache)
 
     def __repr__(self):
@@ -494,9 +532,10 @@ class MaxPool1d(Layer):
         _check_input("MaxPool1d", x, 3, "(N, C, L)")
         y, self._cache = maxpool2d_forward(x[:, :, None, :], (1, self.kernel_size), (1, self.stride),
                                             "MaxPool1d")
-        return y[:, :, 0, :]
+        return self._forwarded(y[:, :, 0, :])
 
     def backward(self, dy):
+        self._check_dy(dy)
         return maxpool2d_backward(dy[:, :, None, :], self._cache)[:, :, 0, :]
 
     def __repr__(self):
@@ -511,9 +550,10 @@ class GlobalAvgPool(Layer):
             raise ValueError(f"GlobalAvgPool expects (N, C, *spatial) with at least one spatial axis, "
                              f"got shape {tuple(x.shape)}")
         self._x_like = x
-        return x.mean(axis=tuple(range(2, x.ndim)))                               # (N, C)
+        return self._forwarded(x.mean(axis=tuple(range(2, x.ndim))))              # (N, C)
 
     def backward(self, dy):
+        self._check_dy(dy)
         x = self._x_like
         dx = array_module(dy).empty_like(x)                                       # (N, C, *spatial)
         dx[...] = (dy / (x.size // (x.shape[0] * x.shape[1]))).reshape(dy.shape + (1,) * (x.ndim - 2))
@@ -525,9 +565,10 @@ class Flatten(Layer):
 
     def forward(self, x, train=True):
         self._shape = x.shape
-        return x.reshape(x.shape[0], -1)
+        return self._forwarded(x.reshape(x.shape[0], -1))
 
     def backward(self, dy):
+        self._check_dy(dy)
         return dy.reshape(self._shape)
 
 
@@ -624,6 +665,8 @@ class ResidualBlock(Container):
     def __init__(self, in_channels, out_channels, stride=1, method=None, layout="conv", *, rng,
                  dtype=np.float32):
         rng = _generator(rng)
+        in_channels = _check_count("ResidualBlock", "in_channels", in_channels)
+        out_channels = _check_count("ResidualBlock", "out_channels", out_channels)
         conv = dict(bias=False, method=method, layout=layout, rng=rng, dtype=dtype)
         self.conv1 = Conv2d(in_channels, out_channels, 3, stride, 1, **conv)
         self.bn1 = BatchNorm(out_channels, dtype=dtype)

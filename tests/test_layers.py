@@ -1,4 +1,6 @@
 """Layers against PyTorch autograd (random upstream gradient) and central finite differences."""
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -500,6 +502,40 @@ def test_constructors_reject_bad_options():
     with pytest.raises(TypeError, match="Sequential argument 1 is a int"):
         Sequential(ReLU(), 3)
     assert Conv2d(8, 4, 3, layout="nchw_flatten", rng=r).layout == "nchw_flatten"
+
+
+@pytest.mark.parametrize("make", [
+    lambda n, r: Linear(n, 3, rng=r), lambda n, r: Linear(3, n, rng=r), lambda n, r: Conv2d(n, 4, 3, rng=r),
+    lambda n, r: Conv2d(4, n, 3, rng=r), lambda n, r: Conv1d(n, 4, 3, rng=r), lambda n, r: Conv1d(4, n, 3, rng=r),
+    lambda n, r: BatchNorm(n), lambda n, r: ResidualBlock(n, 4, rng=r), lambda n, r: ResidualBlock(4, n, rng=r)])
+def test_feature_and_channel_counts_must_be_ints_of_at_least_1(make):
+    r = np.random.default_rng(0)
+    for bad, error, match in ((0, ValueError, "=0 must be >= 1"), (-1, ValueError, "=-1 must be >= 1"),
+                              (8.0, TypeError, "must be an int >= 1, got 8.0"), (True, TypeError, "got True")):
+        with pytest.raises(error, match=rf"(in_features|out_features|in_channels|out_channels|num_features).*{match}"):
+            make(bad, r)
+
+
+def test_backward_checks_call_order_and_dy_shape(rng):
+    cases = [(Linear(8, 3, rng=0), (2, 8)), (Conv2d(4, 6, 3, rng=0), (2, 4, 5, 5)), (Conv1d(4, 6, 3, rng=0), (2, 4, 7)),
+             (BatchNorm(4), (3, 4)), (ReLU(), (2, 5)), (MaxPool2d(2), (2, 3, 4, 4)), (MaxPool1d(2), (2, 3, 6)),
+             (GlobalAvgPool(), (2, 3, 4)), (Flatten(), (2, 3, 4))]
+    for layer, shape in cases:
+        name = type(layer).__name__
+        with pytest.raises(RuntimeError, match=rf"{name}.backward called before forward"):
+            layer.backward(np.ones((2, 3), np.float32))
+        y = layer.forward(rng.standard_normal(shape).astype(np.float32))
+        with pytest.raises(ValueError, match=rf"{name}.backward: dy has shape \(1, 2\), but the last forward's "
+                                             rf"output had {re.escape(str(y.shape))}"):
+            layer.backward(np.ones((1, 2), np.float32))
+        assert layer.backward(np.ones(y.shape, np.float32)).shape == shape
+
+
+def test_input_dtype_advice_names_only_supported_dtypes():
+    with pytest.raises(TypeError, match=r"int64 but its weights are float32; cast the input \(x.astype\('float32'\)\)$"):
+        Linear(8, 3, rng=0).forward(np.ones((2, 8), np.int64))
+    with pytest.raises(TypeError, match="or build the layer with dtype='float64'"):
+        Linear(8, 3, rng=0).forward(np.ones((2, 8), np.float64))
 
 
 def test_method_params_are_named_after_their_weight(rng):
