@@ -190,8 +190,17 @@ def _ranking_key(alpha, alive):
     return xp.where(alive, alpha, -xp.inf)                                       # (G, C)
 
 
+def check_k(k, c):
+    """k, the combinations removed per group, as an int in [0, C - 1]: at least one must survive."""
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 0 <= k <= c - 1:
+        raise ValueError(f"k={k!r} must be an int in [0, C - 1 = {c - 1}]: at least one "
+                         "combination per group must survive")
+    return int(k)
+
+
 def lowest_reference(alpha, alive, k):
     """(G, C) bool: the k lowest of the ranking key per group; a stable sort, ties -> lower index first."""
+    k = check_k(k, alpha.shape[1])
     xp = array_module(alpha)
     order = xp.argsort(_ranking_key(alpha, alive), axis=1, kind="stable")        # (G, C)
     rank = xp.argsort(order, axis=1)                                             # (G, C)
@@ -202,6 +211,7 @@ def lowest(alpha, alive, k, chunk=None):
     """Same as ``lowest_reference`` in O(G C). Groups with exactly k dead combinations (every step but the
     first of an epoch in strict mode) choose them directly; the others partition for the k-th value and
     break ties at it by index."""
+    k = check_k(k, alpha.shape[1])
     xp = array_module(alpha)
     chosen = xp.zeros(alpha.shape, dtype=bool)                                   # (G, C)
     if k == 0:
@@ -253,9 +263,7 @@ def remove_lowest(alpha, alive, k, mode="strict", momentum=None, chunk=None):
         raise ValueError(f"alive must be a boolean array of alpha's shape {tuple(alpha.shape)}")
     if momentum is not None and momentum.shape != alpha.shape:
         raise ValueError(f"momentum {tuple(momentum.shape)} must have alpha's shape {tuple(alpha.shape)}")
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 0 <= k <= alpha.shape[1] - 1:
-        raise ValueError(f"k={k!r} must be an int in [0, C - 1 = {alpha.shape[1] - 1}]: at least one "
-                         "combination per group must survive")
+    k = check_k(k, alpha.shape[1])
     if not bool(xp.isfinite(alpha).all()):
         raise ValueError("LBC scores contain NaN or inf; lower the learning rate of the 'scores' group")
     removed = xp.empty(alpha.shape, dtype=bool)                                  # (G, C)
@@ -266,7 +274,7 @@ def remove_lowest(alpha, alive, k, mode="strict", momentum=None, chunk=None):
             xp.not_equal(a, 0, out=live)
         else:
             live &= a != 0
-        chosen = lowest(a, live, int(k))                                         # (B, C)
+        chosen = lowest(a, live, k)                                              # (B, C)
         removed[s:s + rows] = chosen
         kept = ~chosen                                                           # (B, C)
         a *= kept                                                                # branch-free zeroing

@@ -123,6 +123,14 @@ def test_lowest_matches_stable_sort_with_ties(chunk, rng):
             assert np.all(got.sum(1) == k)
 
 
+@pytest.mark.parametrize("k", [-1, 6, 7, 2.0, True, None])
+def test_lowest_checks_k_as_remove_lowest_does(k, rng):
+    alpha, alive = rng.standard_normal((3, 6)), np.ones((3, 6), bool)
+    for select in (lowest, lowest_reference, lambda a, live, k: remove_lowest(a.copy(), live.copy(), k)):
+        with pytest.raises(ValueError, match=rf"k={k!r} must be an int in \[0, C - 1 = 5\]"):
+            select(alpha, alive, k)
+
+
 def test_remove_lowest_rules():
     alpha = np.array([[0.3, -0.2, 0.0, 0.5, 0.3, -0.2],
                       [1.0, 2.0, 3.0, 0.0, 0.0, -5.0]])
