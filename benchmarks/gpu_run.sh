@@ -22,6 +22,8 @@
 #   bash benchmarks/gpu_run.sh splitk    cuSPARSELt config x split-K sweep at PROBE_BATCHES (default 256), both dtypes
 #   bash benchmarks/gpu_run.sh streams   benchmarks/gpu_probe_split_streams.py: K split over concurrent cuSPARSELt calls
 #   bash benchmarks/gpu_run.sh batched   benchmarks/gpu_probe_batched_splitk.py: split-K as a batched cuSPARSELt matmul
+#   bash benchmarks/gpu_run.sh cutlass   benchmarks/gpu_probe_cutlass_sparse.py on the libraries in .cutlass_libs (carried;
+#                                       built by its --build), CUTLASS_ARGS passed on
 #   bash benchmarks/gpu_run.sh table [NN]    tests/test_cusparselt.py, notebook NN in full mode (if given), the
 #                                            whole cuSPARSELt table over 3 repeats
 # At most 8 files come back from $OUT: the round2 and notebook stages keep to that.
@@ -257,6 +259,11 @@ batched)
     stamp "split-K through cuSPARSELt's batched matmul (an experiment)"
     timeout "${PROBE_TIMEOUT:-400}" python3 benchmarks/gpu_probe_batched_splitk.py ${BATCHED_ARGS:-} \
         --json "$OUT/gpu_probe_batched_splitk.json" 2>&1 | tee "$OUT/probe_batched_splitk.log"
+    ;;
+cutlass)
+    stamp "CUTLASS 4.2's Hopper 2:4 sparse GEMM (libraries built on the dev machine, carried in .cutlass_libs)"
+    timeout "${PROBE_TIMEOUT:-450}" python3 benchmarks/gpu_probe_cutlass_sparse.py --libs .cutlass_libs \
+        --jsonl "$OUT/gpu_probe_cutlass_sparse.jsonl" ${CUTLASS_ARGS:-} 2>&1 | tee "$OUT/probe_cutlass_sparse.log"
     ;;
 table)
     TEST_TIMEOUT=120 run_tests tests.log tests/test_cusparselt.py
