@@ -74,8 +74,9 @@ using StrideA = cutlass::gemm::TagToStrideA_t<LayoutA>;
 using StrideB = typename Kernel::StrideB;
 using StrideD = typename Kernel::StrideD;
 using Utility = cutlass::transform::kernel::StructuredSparseCompressorUtility<Problem, Element, LayoutA, SparseConfig>;
-using Compressor = cutlass::transform::device::TransformUniversalAdapter<
-    cutlass::transform::kernel::StructuredSparseCompressor<Problem, Element, LayoutA, SparseConfig, cutlass::arch::Sm90>>;
+using CompressorKernel = cutlass::transform::kernel::StructuredSparseCompressor<Problem, Element, LayoutA,
+                                                                                SparseConfig, cutlass::arch::Sm90>;
+using Compressor = cutlass::transform::device::TransformUniversalAdapter<CompressorKernel>;
 
 // One compressed weight: A's kept values and metadata in CUTLASS's layouts, and a workspace per batch size.
 struct Handle {

@@ -33,8 +33,8 @@ from gpu_probe_mma_sp import jsonl_emitter  # noqa: E402
 from nmref.cusparselt import np_dtype as np_dtype_of  # noqa: E402
 
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "gpu_probe_cutlass_sparse.cu")
-# Launch shapes (TM, TN, TK, CM, CN, PINGPONG, STREAMK): M = W rows, N = batch rows. Call 2 of session 6 (gpu_notes.md, round 7)
-# built the first ten; call 3 the rest, around the batch-256 winner of call 2 (ping-pong 64x128).
+# Launch shapes (TM, TN, TK, CM, CN, PINGPONG, STREAMK): M = W rows, N = batch rows. Call 2 of session 6
+# (gpu_notes.md, round 7) built the first ten; call 3 the rest, around call 2's batch-256 winner (ping-pong 64x128).
 CONFIGS = [
     (128, 128, 128, 1, 2, 0, 0), (128, 256, 128, 1, 1, 0, 0), (128, 128, 128, 2, 1, 0, 0), (64, 128, 128, 1, 1, 1, 0),
     (128, 128, 128, 1, 1, 0, 1), (128, 256, 128, 1, 1, 0, 1), (256, 128, 128, 1, 1, 0, 0), (64, 256, 128, 1, 1, 1, 0),
