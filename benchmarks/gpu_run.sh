@@ -24,6 +24,7 @@
 #   bash benchmarks/gpu_run.sh batched   benchmarks/gpu_probe_batched_splitk.py: split-K as a batched cuSPARSELt matmul
 #   bash benchmarks/gpu_run.sh cutlass   benchmarks/gpu_probe_cutlass_sparse.py on the libraries in .cutlass_libs (carried;
 #                                       built by its --build), CUTLASS_ARGS passed on
+#   bash benchmarks/gpu_run.sh timing   benchmarks/gpu_probe_timing_methods.py: dense vs nmref timed four ways (TIMING_ARGS)
 #   bash benchmarks/gpu_run.sh table [NN]    tests/test_cusparselt.py, notebook NN in full mode (if given), the
 #                                            whole cuSPARSELt table over 3 repeats
 # At most 8 files come back from $OUT: the round2 and notebook stages keep to that.
@@ -264,6 +265,11 @@ cutlass)
     stamp "CUTLASS 4.2's Hopper 2:4 sparse GEMM (libraries built on the dev machine, carried in .cutlass_libs)"
     timeout "${PROBE_TIMEOUT:-450}" python3 benchmarks/gpu_probe_cutlass_sparse.py --libs .cutlass_libs \
         --jsonl "$OUT/gpu_probe_cutlass_sparse.jsonl" ${CUTLASS_ARGS:-} 2>&1 | tee "$OUT/probe_cutlass_sparse.log"
+    ;;
+timing)
+    stamp "the speed-up under four timing methods (issue 7's facts against bench_cusparselt's method)"
+    timeout "${PROBE_TIMEOUT:-450}" python3 benchmarks/gpu_probe_timing_methods.py \
+        --jsonl "$OUT/gpu_probe_timing_methods.jsonl" ${TIMING_ARGS:-} 2>&1 | tee "$OUT/probe_timing_methods.log"
     ;;
 table)
     TEST_TIMEOUT=120 run_tests tests.log tests/test_cusparselt.py
