@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
-from .backend import DEVICES, array_module, to_device, to_host
+from .backend import DEVICES, array_module, gpu_available, to_device, to_host
 from .data import DATASETS, batches, fast_mode, first_samples, load, num_batches, save_npz_atomic
 from .groups import LAYOUTS
 from .losses import softmax_cross_entropy
@@ -134,6 +134,10 @@ def validate(config, need_data=True):
     for field, allowed in choices:
         if getattr(c, field) not in allowed:
             _fail(field, getattr(c, field), f"choose one of {allowed}")
+    if c.device == "gpu" and not gpu_available():
+        _fail("device", c.device, "no CUDA GPU is visible to CuPy here (nmref.gpu_available() is False); "
+                                  "install the GPU extra, pip install -e '.[gpu]', on a machine with a CUDA GPU, "
+                                  "or train on the CPU (--device cpu)")
     if c.method != "dense":
         try:
             parse_pattern(c.pattern)

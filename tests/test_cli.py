@@ -61,6 +61,15 @@ def test_diverging_run_is_one_line_exit_2(tmp_path, capsys):
     assert captured.err.rstrip().endswith("lower --lr (lr=1e+06)") and captured.err.count("\n") == 1
 
 
+def test_gpu_device_without_a_gpu_is_one_line_exit_2(tmp_path, capsys, monkeypatch):
+    from nmref import train as train_mod
+    monkeypatch.setattr(train_mod, "gpu_available", lambda: False)
+    assert exit_code(["train", "--device", "gpu", "--no-progress", "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("nmref train: error: device='gpu': no CUDA GPU") and "--device cpu" in err
+    assert err.count("\n") == 1 and not (tmp_path / "x").exists()
+
+
 def test_missing_data_files_exit_2(tmp_path, capsys):
     (tmp_path / "mnist").mkdir()
     assert exit_code(["train", "--dataset", "mnist", "--data-path", str(tmp_path / "mnist"), "--out",
