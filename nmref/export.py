@@ -75,7 +75,7 @@ def write_state_dict(state, out, metadata=None):
     ext = os.path.splitext(out)[1].lower()
     if ext not in FORMATS:
         raise ValueError(f"output {out!r}: unknown extension {ext!r}; use one of {FORMATS}")
-    arrays = {k: np.ascontiguousarray(v) for k, v in state.items()}
+    arrays = {k: np.require(v, requirements="C") for k, v in state.items()}     # 0-d stays 0-d
     if ext == ".npz":
         np.savez(out, **arrays)
     elif ext == ".safetensors":

@@ -162,6 +162,8 @@ def test_trained_nmref_checkpoint_exports_to_torch(model_name, tmp_path, capsys)
         state = load_exported(out)
         assert {k[: -len("_mask")] for k in state if k.endswith("_mask")} == sparse_names
         torch_model = TORCH_EQUIVALENT[model_name]()
+        shapes = {k: tuple(v.shape) for k, v in state.items() if not k.endswith("_mask")}
+        assert shapes == {k: tuple(v.shape) for k, v in torch_model.state_dict().items()}, fmt   # 0-d counters too
         torch_model.load_state_dict({k: v for k, v in state.items() if not k.endswith("_mask")}, strict=True)
         with torch.no_grad():
             got = torch_model.eval()(torch.from_numpy(x)).numpy()
