@@ -312,6 +312,9 @@ def build_golden():
 def write_golden(directory):
     """Write the golden .npz files and manifest.json into ``directory``; returns the manifest."""
     directory = os.fspath(directory)
+    if os.path.exists(directory) and not os.path.isdir(directory):
+        raise NotADirectoryError(f"{directory}: is a file; give a directory for the golden files (created if "
+                                 "missing), e.g. nmref golden golden/")
     os.makedirs(directory, exist_ok=True)
     manifest, contents = build_golden()
     for name, data in contents.items():

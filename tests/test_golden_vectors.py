@@ -58,6 +58,13 @@ def test_regenerated_byte_identical(golden, tmp_path, capsys):
         assert (golden / name).read_bytes() == (other / name).read_bytes(), name
 
 
+def test_golden_into_a_file_says_to_give_a_directory(tmp_path, capsys):
+    (tmp_path / "model.pt").write_bytes(b"not a directory")
+    assert main(["golden", str(tmp_path / "model.pt")]) == 2
+    assert capsys.readouterr().err.strip().endswith("model.pt: is a file; give a directory for the golden files "
+                                                    "(created if missing), e.g. nmref golden golden/")
+
+
 def test_manifest_describes_every_file(golden):
     from nmref import __version__
     manifest = json.loads((golden / "manifest.json").read_text())
