@@ -1,7 +1,8 @@
 """Accuracy table at `nmref train`'s defaults: dense, STE, SR-STE and LBC at 2:4, 4:8, 1:4, 2:8 on MNIST-1D
 (40k training samples, cnn1d, 10 epochs, batch 128), mean ± std over seeds, with LBC's forward density
 averaged over training and the time of each run. A measurement, not a test: `python
-benchmarks/accuracy_patterns.py [--seeds 3] [--jobs 2]`. Runs go through paper_figures' run cache."""
+benchmarks/accuracy_patterns.py [--seeds 3] [--jobs 2] [--cache DIR] [--no-save]`. Runs go through paper_figures'
+run cache (tiny data under NMREF_FAST=1, kept apart in the cache by its key)."""
 import argparse
 import statistics
 import sys
@@ -33,10 +34,12 @@ def main():
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--jobs", type=int, default=2)
+    p.add_argument("--cache", default=runner.CACHE_DIR, help="run cache folder (default: paper_figures/cache)")
+    p.add_argument("--no-save", action="store_true")
     args = p.parse_args()
     start = time.perf_counter()
     wanted = {"accuracy_patterns": specs(args.seeds)}
-    results, trained = runner.ensure(wanted, runner.CACHE_DIR, args.jobs, progress=True)
+    results, trained = runner.ensure(wanted, Path(args.cache), args.jobs, progress=True)
     by = {}
     for spec in wanted["accuracy_patterns"]:
         r = results[runner.run_key(spec)]
@@ -62,7 +65,8 @@ def main():
                      f"{secs(ste):.0f} / {secs(srste):.0f} / {secs(lbc):.0f} |")
     text = "\n".join(lines) + "\n"
     print(text)
-    print(save("accuracy_patterns", "Accuracy by pattern and method, `nmref train` defaults on MNIST-1D", text))
+    if not args.no_save:
+        print(save("accuracy_patterns", "Accuracy by pattern and method, `nmref train` defaults on MNIST-1D", text))
 
 
 if __name__ == "__main__":

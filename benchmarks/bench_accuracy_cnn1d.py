@@ -1,7 +1,7 @@
 """Final test accuracy and wall time of `nmref train` with its defaults: the 1D CNN on MNIST-1D (40k training
 samples, 10k test), default epochs and recipe; dense by default, other methods with --methods.
 
-    python benchmarks/bench_accuracy_cnn1d.py [--methods dense,srste] [--seeds 0] [--no-save]
+    python benchmarks/bench_accuracy_cnn1d.py [--methods dense,srste] [--seeds 0] [--epochs N] [--no-save]
 """
 import argparse
 import os
@@ -13,6 +13,7 @@ from pathlib import Path
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--methods", default="dense", help="comma-separated methods (2:4 for the sparse ones)")
 parser.add_argument("--seeds", default="0", help="comma-separated seeds")
+parser.add_argument("--epochs", type=int, default=None, help="default: nmref train's (10)")
 parser.add_argument("--no-save", action="store_true")
 ARGS = parser.parse_args() if __name__ == "__main__" else parser.parse_args([])
 os.environ["NMREF_FAST"] = "0"
@@ -29,7 +30,7 @@ def main(args=ARGS):
     rows = []
     for method in args.methods.split(","):
         for seed in (int(s) for s in args.seeds.split(",")):
-            config = TrainConfig(method=method, seed=seed, progress=False)
+            config = TrainConfig(method=method, seed=seed, epochs=args.epochs, progress=False)
             load_before = os.getloadavg()[0]
             with tempfile.TemporaryDirectory() as out:
                 start = time.perf_counter()

@@ -203,6 +203,9 @@ def run(name):
 
 
 def main():
+    if {"-h", "--help"} & set(sys.argv):
+        print("usage: python benchmarks/gpu_probe_cusparselt.py [...]\n" + __doc__)
+        return
     if "--layouts-child" in sys.argv:
         i = sys.argv.index("--layouts-child")
         dtype, layout, log, deadline = sys.argv[i + 1:i + 5]

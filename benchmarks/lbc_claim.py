@@ -120,6 +120,7 @@ def main(argv=None):
     p.add_argument("--groups", type=int, default=300, help="sampled groups per layer")
     p.add_argument("--eval-samples", type=int, default=2000)
     p.add_argument("--patterns", default="2:4,4:8")
+    p.add_argument("--no-save", action="store_true", help="print the per-seed lines only")
     args = p.parse_args(argv)
     seeds, groups = (1, 60) if args.quick else (args.seeds, args.groups)
     results = []
@@ -132,6 +133,8 @@ def main(argv=None):
                   f"({r['fraction_best_lower']:.3f}, 95% CI {r['wilson95'][0]:.3f}-{r['wilson95'][1]:.3f}); "
                   f"control {r['control_fraction_low_index_lower']:.3f}; best = max |W| in "
                   f"{r['fraction_best_is_max_magnitude']:.3f}", flush=True)
+    if args.no_save:
+        return
     RESULTS.mkdir(parents=True, exist_ok=True)
     name = f"lbc_claim_{datetime.date.today()}{'_quick' if args.quick else ''}"
     (RESULTS / f"{name}.json").write_text(json.dumps(results, indent=1))
