@@ -28,8 +28,9 @@ def check_pattern(n, m):
     if m < 1:
         raise ValueError(f"m={m} must be >= 1")
     if not 1 <= n <= m:
-        raise ValueError(f"n={n} kept out of m={m} is impossible: need 1 <= n <= m (n counts kept weights; "
-                         "for a library that counts pruned weights use parse_pattern(..., semantics='prune'))")
+        fix = (f"n comes first: did you mean n={m}, m={n}?" if n > m else
+               "for a library that counts pruned weights use parse_pattern(..., semantics='prune')")
+        raise ValueError(f"n={n} kept out of m={m} is impossible: need 1 <= n <= m (n counts kept weights; {fix})")
 
 
 def check_float(w, name="w"):
@@ -315,12 +316,13 @@ def parse_pattern(pattern, semantics="keep"):
         raise ValueError(f"pattern={pattern!r} must be an 'N:M' string or an (N, M) tuple of ints")
     if m < 1:
         raise ValueError(f"pattern={pattern!r}: M={m} must be >= 1")
+    swapped = f"; did you mean '{m}:{a}'?" if a > m else ""
     if semantics == "keep" and not 1 <= a <= m:
-        raise ValueError(f"pattern={pattern!r}: keeping N={a} of M={m} is impossible, need 1 <= N <= M "
-                         "(if N counts zeroed weights, pass semantics='prune')")
+        raise ValueError(f"pattern={pattern!r}: keeping N={a} of M={m} is impossible, need 1 <= N <= M"
+                         + (swapped or " (if N counts zeroed weights, pass semantics='prune')"))
     if semantics == "prune" and not 0 <= a < m:
-        raise ValueError(f"pattern={pattern!r}: pruning N={a} of M={m} would keep {m - a}, need "
-                         "0 <= N < M (if N counts kept weights, pass semantics='keep')")
+        raise ValueError(f"pattern={pattern!r}: pruning N={a} of M={m} would keep {m - a}, need 0 <= N < M"
+                         + (swapped or " (if N counts kept weights, pass semantics='keep')"))
     return Pattern(a if semantics == "keep" else m - a, m)
 
 

@@ -310,6 +310,17 @@ def test_parse_pattern_rejects_bad_input_naming_the_argument(bad):
         parse_pattern(bad)
 
 
+def test_swapped_pattern_suggests_the_swap_not_the_other_semantics():
+    for semantics in ("keep", "prune"):
+        with pytest.raises(ValueError, match=r"pattern='4:2': .*did you mean '2:4'\?$"):
+            parse_pattern("4:2", semantics=semantics)
+    with pytest.raises(ValueError, match="n=4 kept out of m=2 is impossible.*did you mean n=2, m=4") as err:
+        nm_mask(np.ones((2, 8), np.float32), 4, 2)
+    assert "semantics" not in str(err.value)
+    with pytest.raises(ValueError, match=r"pattern='0:4': .*pass semantics='prune'\)$"):
+        parse_pattern("0:4")
+
+
 def test_parse_pattern_prune_bounds_and_semantics_name():
     assert parse_pattern("0:4", semantics="prune") == Pattern(4, 4)
     with pytest.raises(ValueError, match="pattern='4:4': pruning N=4 of M=4"):
