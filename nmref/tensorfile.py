@@ -63,7 +63,8 @@ def sniff_format(path):
         return "torch"
     if len(head) > 8 and head[8:9] == b"{":
         return "safetensors"
-    raise CheckInputError(f"{path}: unknown file format; expected .npz, .pt/.pth or .safetensors")
+    raise CheckInputError(f"{path}: unknown file format; expected .npz / .npy, .pt / .pth / .bin / .ckpt "
+                         "(torch.save) or .safetensors")
 
 
 def read_tensors(path):

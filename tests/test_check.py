@@ -197,6 +197,13 @@ def test_text_file_named_pt_gets_no_state_dict_hint(tmp_path, capsys, text):
     assert "not readable by torch.load" in err and "state_dict" not in err
 
 
+def test_unknown_format_lists_every_readable_extension(tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("hello\n")
+    code, _, err = _run(capsys, tmp_path / "notes.txt", "--pattern", "2:4")
+    assert code == 2 and "unknown file format" in err
+    assert all(ext in err for ext in (".npz", ".npy", ".pt", ".pth", ".bin", ".ckpt", ".safetensors"))
+
+
 def test_directory_is_named_as_such(tmp_path, capsys):
     code, _, err = _run(capsys, tmp_path, "--pattern", "2:4")
     assert code == 2 and "is a directory" in err and "no such file" not in err
