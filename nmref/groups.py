@@ -11,7 +11,7 @@ groups of M, so groups may cross rows / kernel positions when the grouped axis i
 """
 import math
 
-from .backend import array_module
+from .backend import array_module, check_array
 
 LAYOUTS = ("linear", "conv", "nchw_flatten")
 
@@ -107,6 +107,7 @@ def check_divisible(shape, m, layout, straddle=False):
 
 def to_groups(w, m, layout="linear", straddle=False):
     """Weight -> (G, M) groups (a copy for "conv"; G = w.size // m), in C order of the grouped view."""
+    check_array(w)
     check_layout(layout, w.ndim)
     check_divisible(w.shape, m, layout, straddle)
     return _rows(w, layout).reshape(-1, m)
@@ -114,6 +115,7 @@ def to_groups(w, m, layout="linear", straddle=False):
 
 def from_groups(groups, shape, layout="linear"):
     """(G, M) groups -> weight of ``shape``: the exact inverse of ``to_groups`` (straddling groups too)."""
+    check_array(groups, "groups")
     check_layout(layout, len(shape))
     xp = array_module(groups)
     if groups.size != math.prod(shape):

@@ -240,8 +240,12 @@ def nm_report(arrays, n, m, layout="auto", straddle=False, max_positions=5):
     "auto" (linear for 2-D, conv for >= 3-D), one layout for all, or a {name: layout} dict.
     """
     check_pattern(n, m)
+    if not isinstance(arrays, dict):
+        raise TypeError(f"arrays must be a dict name -> array, got {type(arrays).__name__}; for a torch model: "
+                        "{k: v.numpy() for k, v in model.state_dict().items()}")
     out = {}
     for name, arr in arrays.items():
+        check_array(arr, name)
         lay = layout.get(name, "auto") if isinstance(layout, dict) else layout
         if lay == "auto":
             lay = auto_layout(arr.ndim)

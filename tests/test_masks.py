@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from strategies import nm_shapes
 
 import nmref
-from nmref.groups import grouped_shape, to_groups
+from nmref.groups import from_groups, grouped_shape, to_groups
 from nmref.masks import (Pattern, check_nm, compress_nm, decompress_nm, is_nm, nm_mask,
                          nm_report, parse_pattern)
 
@@ -134,8 +134,15 @@ def test_non_float_weight_raises(dtype):
 def test_non_array_weight_raises_a_clear_type_error():
     torch = pytest.importorskip("torch")
     for w, kind in (([[1.0, 2.0, 3.0, 4.0]], "list"), (torch.ones(2, 8), "torch.Tensor")):
-        with pytest.raises(TypeError, match=rf"w is a {kind}; pass a NumPy or CuPy array .*t\.numpy\(\)"):
-            nm_mask(w, 2, 4)
+        for call in (nm_mask, is_nm, check_nm, lambda w, n, m: to_groups(w, m)):
+            with pytest.raises(TypeError, match=rf"w is a {kind}; pass a NumPy or CuPy array .*t\.numpy\(\)"):
+                call(w, 2, 4)
+        with pytest.raises(TypeError, match=rf"fc.weight is a {kind}; pass a NumPy or CuPy array"):
+            nm_report({"fc.weight": w}, 2, 4)
+    with pytest.raises(TypeError, match="groups is a torch.Tensor; pass a NumPy or CuPy array"):
+        from_groups(torch.zeros(8, 4), (4, 8))
+    with pytest.raises(TypeError, match=r"arrays must be a dict .*state_dict"):
+        nm_report([np.ones((2, 8))], 2, 4)
 
 
 @pytest.mark.parametrize("straddle", [1, 0, "yes", None])
