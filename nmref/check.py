@@ -15,7 +15,7 @@ import re
 import numpy as np
 
 from .groups import check_divisible, divisors, grouped_axis_length
-from .masks import nm_report, parse_pattern
+from .masks import Pattern, nm_report, parse_pattern
 from .tensorfile import CheckInputError, one_line, read_tensors
 
 SCHEMA_VERSION = 1
@@ -135,8 +135,8 @@ def check_file(path, pattern=None, layout="auto", semantics="keep", include=None
                all_weights=False):
     """Per-tensor N:M report (a JSON-ready dict, docs/crosscheck.md) of the weights in ``path``.
 
-    pattern "n:m" or (n, m), n kept (``semantics="prune"``: n zeroed); None only for an nmref checkpoint of a
-    sparse run (its config's pattern). layout one of LAYOUT_CHOICES ("auto" on an nmref checkpoint: its
+    pattern "n:m", (n, m) or a Pattern, n kept (``semantics="prune"``: n zeroed); None only for an nmref
+    checkpoint of a sparse run (its config's pattern). layout one of LAYOUT_CHOICES ("auto" on an nmref checkpoint: its
     config's conv layout); include a regular expression a tensor name must contain (re.search); masks a file
     of masks for the dense weights in ``path``, matched by name (``mask_candidates``). When masks are present
     (in ``path``, an nmref checkpoint's mask/<name>, or ``masks``) they mark the sparse layers: weights
@@ -205,6 +205,8 @@ def _skipped(name, w, source, reason):
 
 
 def _spec(pattern):
+    if isinstance(pattern, Pattern):
+        return f"{pattern.n_keep}:{pattern.m}"
     return pattern if isinstance(pattern, str) else ":".join(str(int(v)) for v in pattern)
 
 

@@ -9,7 +9,7 @@ import torch
 
 from nmref.check import (SCHEMA_VERSION, CheckInputError, check_file, exit_code, format_report, main,
                          mask_candidates, match_masks, read_tensors)
-from nmref.masks import nm_mask
+from nmref.masks import nm_mask, parse_pattern
 
 
 def _nm(rng, shape, n=2, m=4, layout=None):
@@ -288,6 +288,9 @@ def test_include_layout_and_semantics(tmp_path, rng, capsys):
     assert report["pattern"] == {"spec": "1:4", "semantics": "prune", "n_keep": 3, "m": 4} and report["compliant"]
     assert _by_name(report)[1]["nhwc.weight"] == "excluded by --include"
     assert not check_file(path, "1:4", semantics="keep", include="dense34")["compliant"]
+    for pattern in ((3, 4), parse_pattern("1:4", semantics="prune")):             # as docs/crosscheck.md builds it
+        report = check_file(path, pattern, include="dense34")
+        assert report["pattern"] == {"spec": "3:4", "semantics": "keep", "n_keep": 3, "m": 4} and report["compliant"]
     assert _run(capsys, path, "--pattern", "2:4", "--include", "(")[0] == 2
     assert _run(capsys, path, "--pattern", "5:4")[0] == 2
 
