@@ -99,6 +99,9 @@ def export_checkpoint(ckpt, out):
     ext = os.path.splitext(os.fspath(out))[1].lower()
     if ext not in FORMATS:
         raise ValueError(f"output {os.fspath(out)!r}: unknown extension {ext!r}; use one of {FORMATS}")
+    folder = os.path.dirname(os.fspath(out))
+    if folder and not os.path.isdir(folder):
+        raise ValueError(f"output {os.fspath(out)!r}: folder {folder!r} does not exist; create it first")
     params, masks, buffers, meta = read_checkpoint(ckpt)
     state = state_dict_of(params, masks, buffers, meta)
     from . import __version__

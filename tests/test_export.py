@@ -123,6 +123,9 @@ def test_bad_inputs_exit_2(tmp_path, capsys):
     np.savez(tmp_path / "ckpt.npz", **{"param/0.weight": np.ones((4, 4))})
     assert main(["export", str(tmp_path / "ckpt.npz"), str(tmp_path / "out.onnx")]) == 2
     assert "unknown extension" in capsys.readouterr().err
+    for ext in FORMATS:                                                          # was a traceback (exit 1)
+        assert main(["export", str(tmp_path / "ckpt.npz"), str(tmp_path / "nodir" / f"out.{ext}")]) == 2
+        assert capsys.readouterr().err.strip().endswith("nodir' does not exist; create it first")
     (tmp_path / "cut.npz").write_bytes((tmp_path / "ckpt.npz").read_bytes()[:50])
     assert main(["export", str(tmp_path / "cut.npz"), str(tmp_path / "out.npz")]) == 2
     assert capsys.readouterr().err.count("\n") == 1
