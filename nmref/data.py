@@ -157,7 +157,8 @@ def load_npz(file, keys):
     """``Dataset`` from an .npz holding ``keys`` in the order x_train, y_train, x_test, y_test."""
     file = Path(file)
     if not file.is_file():
-        raise DataError(f"{file}: no such file; expected an .npz with arrays {', '.join(keys)}")
+        what = "is a folder, not a file" if file.is_dir() else "no such file"
+        raise DataError(f"{file}: {what}; expected an .npz with arrays {', '.join(keys)}")
     try:
         with np.load(file, allow_pickle=False) as npz:
             missing = [k for k in keys if k not in npz.files]

@@ -73,6 +73,8 @@ def test_mnist1d_from_a_given_npz(cache, tmp_path):
     np.savez(tmp_path / "bad.npz", x=made.x_train, y=made.y_train)
     with pytest.raises(data.DataError, match=r"bad.npz: missing arrays \['x_test', 'y_test'\]"):
         data.load("mnist1d", path=tmp_path / "bad.npz")
+    with pytest.raises(data.DataError, match=r": is a folder, not a file; expected an .npz with arrays x, y"):
+        data.load("mnist1d", path=tmp_path)
 
 
 def test_fast_mode_follows_environment(monkeypatch):
