@@ -90,8 +90,8 @@ class TrainConfig:
     dtype: str = "float32"              # float32 | float64 (weights, activations, gradients)
 
     def resolved(self, need_data=True):
-        """A copy with model, epochs and out filled in, validated (need_data=False: no data files needed, as
-        for ``nmref train --describe``)."""
+        """A copy with model, epochs and out filled in, validated (need_data=False: no data files and no GPU
+        needed, as for ``nmref train --describe``)."""
         config = dataclasses.replace(self)
         if config.model is None:
             config.model = DEFAULT_MODEL.get(config.dataset, "cnn1d")
@@ -126,7 +126,8 @@ def _fail(field, value, need):
 
 
 def validate(config, need_data=True):
-    """Raise ConfigError naming the first bad setting and what it should be."""
+    """Raise ConfigError naming the first bad setting and what it should be (need_data=False: the settings
+    alone, without looking for data files or a GPU)."""
     c = config
     choices = (("dataset", DATASETS), ("model", MODELS), ("method", METHODS), ("schedule", SCHEDULES),
                ("device", DEVICES), ("removal", ("strict", "faithful")), ("dtype", ("float32", "float64")),
@@ -134,7 +135,7 @@ def validate(config, need_data=True):
     for field, allowed in choices:
         if getattr(c, field) not in allowed:
             _fail(field, getattr(c, field), f"choose one of {allowed}")
-    if c.device == "gpu" and not gpu_available():
+    if need_data and c.device == "gpu" and not gpu_available():
         _fail("device", c.device, "no CUDA GPU is visible to CuPy here (nmref.gpu_available() is False); "
                                   "install the GPU extra, pip install -e '.[gpu]', on a machine with a CUDA GPU, "
                                   "or train on the CPU (--device cpu)")

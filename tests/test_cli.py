@@ -68,6 +68,8 @@ def test_gpu_device_without_a_gpu_is_one_line_exit_2(tmp_path, capsys, monkeypat
     err = capsys.readouterr().err
     assert err.startswith("nmref train: error: device='gpu': no CUDA GPU") and "--device cpu" in err
     assert err.count("\n") == 1 and not (tmp_path / "x").exists()
+    assert exit_code(["train", "--device", "gpu", "--describe"]) == 0      # the layer table needs no GPU
+    assert capsys.readouterr().out.startswith("layer")
 
 
 def test_missing_data_files_exit_2(tmp_path, capsys):
