@@ -30,7 +30,8 @@ def flips(mask_a, mask_b):
     if array_module(mask_a) is not array_module(mask_b):
         raise TypeError("mask_a and mask_b live on different devices; move both with to_host or to_device")
     xp = array_module(mask_a, mask_b)
-    return xp.count_nonzero(mask_a != mask_b)
+    count = xp.count_nonzero(mask_a != mask_b)
+    return int(count) if xp is np else count
 
 
 def sad(mask_a, mask_b):

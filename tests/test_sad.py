@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from nmref import Param, SADTracker, gpu_available, nm_mask
-from nmref.sad import pack, sad, unpack
+from nmref.sad import flips, pack, sad, unpack
 
 SHAPES = {"fc1.weight": (6, 8), "conv.weight": (4, 8, 3, 3)}
 
@@ -17,6 +17,12 @@ def test_sad_hand_count():
     a = np.array([[1, 0, 1, 0], [0, 0, 1, 1]], dtype=bool)
     b = np.array([[1, 1, 0, 0], [0, 0, 1, 1]], dtype=bool)
     assert sad(a, b) == (2, 2 / 8)
+
+
+def test_flips_is_a_python_int_on_numpy():
+    a = np.array([[1, 0, 1, 0], [0, 0, 1, 1]], dtype=bool)
+    count = flips(a, ~a)
+    assert type(count) is int and count == 8                   # as documented (was np.int64)
 
 
 def test_sad_zero_for_identical_and_symmetric(rng):
