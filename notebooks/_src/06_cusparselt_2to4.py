@@ -150,8 +150,8 @@ plt.show()
 # 1. checks the trained layer's output against the fp32 CPU product (expect the fp16 error above),
 # 2. times `SparseMatmul` against CuPy's dense fp16 matmul (cuBLAS) with `cupyx.profiler.benchmark` (each
 #    call timed alone, its launch included) on the trained `(256, 256)` weight, where both times are mostly
-#    the cost of launching a call (the product itself takes a few microseconds), and on a `4096 x 4096` 2:4
-#    weight at several batch sizes, where the sparse tensor cores can approach their 2x.
+#    the cost of launching a call (the products themselves take 4-6 us), and on a `4096 x 4096` 2:4 weight
+#    at several batch sizes, where the sparse tensor cores can approach their 2x.
 #
 # Without a GPU it only says so.
 
@@ -214,9 +214,10 @@ else:
 # * The compressed format is the kept values as a dense half-width matrix plus 2-bit positions (9/16 of
 #   the fp16 bytes); a matmul from it equals the dense product with $\tilde W$.
 # * On a GPU, `nmref.cusparselt.SparseMatmul` compresses once and caches a plan per batch size; expect
-#   fp16-level agreement (a few 1e-4) with an fp32 product. On tiny layers the time is launch cost: the
-#   1.1-1.25x on the 256 x 256 layer above says nmref's call is cheaper to launch than `cupy.matmul`'s, not
-#   that the sparse tensor cores help there. On the 4096-wide layer, on an H200, this cell's timing gives
+#   fp16-level agreement (a few 1e-4) with an fp32 product. On tiny layers most of the time is launch cost:
+#   on the 256 x 256 layer the kernels alone take 5.2 us dense and 4.4 us 2:4 at batch 16-64 (1.2x, nmref's
+#   mma.sp kernel) and are level at batch 1024, where the table's gain is nmref's cheaper launch
+#   (H200, benchmarks/results/gpu_notes.md, round 8). On the 4096-wide layer, on an H200, this cell's timing gives
 #   1.1-1.2x at batch 16-64 and 1.3-1.4x at 1024-8192 (`benchmarks/bench_cusparselt.py`, which times the
 #   kernels alone, 1.39x at batch 16); 16384^3 and LLaMA-sized products gain 1.5-1.75x. The sparse tensor
 #   cores' 2x is a ceiling no library reached, and some shapes (batch 256 at 4096 x 4096) gain nothing
