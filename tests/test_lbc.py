@@ -54,6 +54,16 @@ def test_removal_schedule_values():
         assert removal_schedule(e, 70, 3, 17.5, power=4) == 70 - 1 - math.ceil(69 * base ** 4)
 
 
+@pytest.mark.parametrize("power", [2, 2.5, 3, 4])
+def test_one_combination_from_a_fractional_t_f_on(power):
+    """t_f = epochs / 2 is often fractional (5 epochs: 2.5); every e >= t_f leaves one combination, also
+    e in (t_f, t_f + 1), where the formula's base 1 - (e - t_i)/(t_f - t_i) is negative."""
+    for c, t_i, t_f in ((6, 0, 2.5), (70, 1, 4.5), (4, 0, 0.5)):
+        for e in (math.ceil(t_f), t_f + 0.25, t_f + 0.75, math.ceil(t_f) + 1):
+            assert removal_schedule(e, c, t_i, t_f, power=power) == c - 1, (c, t_f, e)
+    assert removal_schedule(2, 70, 0, 2.5, power=4) == 70 - 1 - math.ceil(69 * (1 - 2 / 2.5) ** 4)
+
+
 @pytest.mark.parametrize("n, m", PATTERNS)
 def test_initial_scores_dense(n, m):
     alpha = init_scores(5, n, m, like=np.zeros(1, np.float32))
@@ -175,6 +185,28 @@ def test_strict_and_faithful_differ_on_momentum_drift():
     np.testing.assert_array_equal(faithful.current_alive(), [[1, 0, 1, 1, 1, 1]])
     assert strict.scores.value[0, 0] == 0 and strict.scores.state["momentum"][0, 0] == 0
     assert faithful.scores.value[0, 0] == pytest.approx(2 * 0.9 + 2 * 0.9 ** 2) and faithful.scores.state["momentum"][0, 0] != 0
+
+
+def test_faithful_score_moved_off_zero_is_alive_before_the_next_removal():
+    """Faithful: alive = score != 0 at once, so a forward between an optimizer step and the next removal
+    (evaluation at the end of an epoch, the checkpoint's mask) counts a revived combination; strict does not."""
+    w = np.array([[1.0, 2.0, 3.0, 4.0]])
+    for mode, revived in (("faithful", True), ("strict", False)):
+        method = LBC(1, 4, removal=mode).bind(Param(w.copy(), "w"), "linear")    # C = 4, combination j = {j}
+        method.scores.value[...] = [[0.1, 0.5, 0.6, 0.7]]
+        method.scores.state["momentum"] = np.array([[-2.0, 0, 0, 0]])
+        optimizer = SGD([method.scores], lr=1.0, momentum=0.9)
+        method.k = 1
+        method.before_step()                                                     # removes combination 0
+        np.testing.assert_array_equal(method.current_alive(), [[0, 1, 1, 1]])
+        method.masked(method.weight.value)
+        method.weight_grad(np.zeros((1, 4)), method.weight.value)
+        optimizer.step()                                                         # faithful: score 0 -> 1.8
+        assert method.scores.value[0, 0] == pytest.approx(1.8 if mode == "faithful" else 0.0)
+        expected = [[revived, 1, 1, 1]]
+        np.testing.assert_array_equal(method.current_alive(), expected)
+        np.testing.assert_array_equal(method.group_mask(), expected)
+        np.testing.assert_array_equal(method.masked(w) != 0, expected)
 
 
 # ---------------------------------------------------------------- gradients vs PyTorch and finite differences
