@@ -45,7 +45,10 @@ def test_same_seed_same_run_bit_for_bit(tmp_path):
     assert [r["train_loss"] for r in c["history"]] != [r["train_loss"] for r in a["history"]]
 
 
-@pytest.mark.parametrize("method, settings", [("srste", {}), ("lbc", {"t_f": 2}), ("fixed", {"fix_at": 1})])
+@pytest.mark.parametrize("method, settings", [
+    ("srste", {}), ("lbc", {"t_f": 2}), ("fixed", {"fix_at": 1}),
+    ("ste", {"model": "cnn1d", "train_samples": 256, "test_samples": 128, "batch_size": 128}),  # BatchNorm stats
+])
 def test_resume_gives_the_uninterrupted_run(tmp_path, method, settings):
     whole = run(tmp_path, "whole", method=method, epochs=4, **settings)
     first = run(tmp_path, "parts", method=method, epochs=4, stop_after=2, **settings)
@@ -141,6 +144,34 @@ def test_lbc_scores_get_their_own_weight_decay(tmp_path):
     assert all(g["momentum"] == 0.9 and g["lr"] == 0.1 for g in optimizer.groups)
 
 
+def test_config_options_reach_every_sparse_layers_method():
+    """Each method option of the config (none at its default here) is what the model's methods get."""
+    cases = {"srste": dict(lam=3e-3), "fixed": dict(fix_at=1),
+             "lbc": dict(t_i=1, t_f=3, power=4, removal="faithful", score_weight_decay=7e-4)}
+    for method, options in cases.items():
+        config = TrainConfig(method=method, model="mlp", epochs=4, **options).resolved(need_data=False)
+        layers = train_mod.model_for(config, (1, 40)).sparse_layers()
+        assert layers
+        for name, layer in layers.items():
+            for key, value in options.items():
+                assert getattr(layer.method, key) == value, (method, name, key)
+
+
+def test_every_lbc_forward_sees_this_steps_removal(tmp_path, monkeypatch):
+    """The loop calls before_step (removal of the k lowest scores) before each step's forward, so the first
+    forward of an epoch whose k grew already has at most C - k alive combinations per group."""
+    from nmref.lbc import LBC
+    seen, original = [], LBC.masked
+
+    def masked(self, w):
+        seen.append((self.epoch, self.k, int(self.current_alive().sum(axis=1).max())))
+        return original(self, w)
+    monkeypatch.setattr(LBC, "masked", masked)
+    run(tmp_path, "lbc", method="lbc", epochs=3, t_f=2, train_samples=256, test_samples=64, batch_size=128)
+    assert {(e, k) for e, k, _ in seen} == {(0, 0), (1, 4), (2, 5)}                   # 2:4, C = 6
+    assert all(alive <= 6 - k for _, k, alive in seen)
+
+
 def test_init_from_dense_then_fixed_keeps_the_dense_weights_mask(tmp_path):
     dense = run(tmp_path, "dense", method="dense", epochs=1)
     fixed = run(tmp_path, "fixed", method="fixed", epochs=1, init_from=dense["checkpoint"])
@@ -160,6 +191,23 @@ def test_lr_schedule_per_iteration():
     assert lr_factor(59, total, warmup, "step") == 1.0 and lr_factor(60, total, warmup, "step") == pytest.approx(0.1)
     assert lr_factor(90, total, warmup, "step") == pytest.approx(0.01)
     assert lr_factor(100, total, warmup, "constant") == 1.0 and lr_factor(2, total, warmup, "constant") == 0.4
+
+
+def test_logged_losses_are_per_sample_means_with_a_partial_last_batch(tmp_path, monkeypatch):
+    """train_loss and test_loss weight each batch's mean loss by its size: 300 = 256 + 44 training samples,
+    100 = 64 + 36 test samples."""
+    real_loss, calls = train_mod.softmax_cross_entropy, []
+
+    def recording_loss(logits, labels, *args, **kwargs):
+        loss, dlogits = real_loss(logits, labels, *args, **kwargs)
+        calls.append((float(loss), len(labels)))
+        return loss, dlogits
+    monkeypatch.setattr(train_mod, "softmax_cross_entropy", recording_loss)
+    row = run(tmp_path, "a", epochs=1, train_samples=300, test_samples=100, eval_batch_size=64)["final"]
+    assert [n for _, n in calls] == [256, 44, 64, 36]
+    mean = lambda part: sum(loss * n for loss, n in part) / sum(n for _, n in part)   # noqa: E731
+    assert row["train_loss"] == pytest.approx(mean(calls[:2]), rel=1e-6)
+    assert row["test_loss"] == pytest.approx(mean(calls[2:]), rel=1e-12)
 
 
 def test_logged_lr_follows_the_schedule(tmp_path):
