@@ -29,7 +29,7 @@ def make(mode, results, out_dir):
     for method, runs_ in groups.items():
         for run in runs_:
             for i, row in enumerate(run.history):
-                rows.append({"method": method, "pattern": "2:4", "lam": run.config.get("lam") or 0.0,
+                rows.append({"method": method, "pattern": "2:4", "lam": run.config["lam"] if method == "srste" else 0.0,
                              "seed": run.config["seed"], "epoch": i + 1,
                              **{k: row[k] for k in COLUMNS[5:]}})
             summary.append({"method": method, "seed": run.config["seed"],

@@ -1,7 +1,9 @@
 """The figure pipeline end to end in the tiny mode (NMREF_FAST=1): files, CSV columns, cache, --only."""
 import csv
+import json
 import math
 
+import numpy as np
 import pytest
 
 from paper_figures import FIGURES, common, run_all, runner
@@ -154,3 +156,153 @@ def test_nmref_figures_says_clearly_when_the_package_is_missing(monkeypatch, cap
     assert cli.main(["figures"]) == 2
     err = capsys.readouterr().err
     assert "paper_figures" in err and "pip install -e" in err
+
+
+# ---- the numbers in the CSVs, recomputed from the cached runs (mutation audit, round 2) ---------------------------
+def _cached(first_run, spec):
+    return runner.load(runner.run_key(spec), first_run[0] / "cache")
+
+
+def test_statistics_helpers():
+    assert common.last_half([1.0, 2.0, 3.0, 4.0]) == 3.5                      # the last half, not the first
+    assert common.mean_std([1.0, 2.0, 3.0]) == (2.0, 1.0)                    # sample std (ddof=1) over seeds
+    assert math.isnan(common.mean_std([0.5])[1])
+    # the larger of the two stds is the noise: a difference of 0.1 is within a std of 0.2
+    assert "within" in common.versus([0.8, 1.2], [1.1, 1.1], "a", "b")
+    assert "beyond" in common.versus([1.0, 1.0], [0.5, 0.5], "a", "b")
+
+
+def test_lr_sum_counts_the_last_partial_batch():
+    # 1000 samples in batches of 256: 4 steps per epoch (the last one of 232 samples), 8 in 2 epochs
+    assert common.lr_sum(1000, 256, 2, 0.0, 0.1, "constant") == pytest.approx(0.8)
+
+
+def test_run_specs_carry_the_mode_and_the_method_options():
+    import paper_figures.fig6_lbc_schedule as fig6
+    tiny = common.MODES["tiny"]
+    s = common.spec(tiny, "srste", "2:4")
+    assert s["lam"] == 2e-4                                                   # SR-STE's paper value by default
+    assert (s["train_samples"], s["test_samples"], s["epochs"]) == (256, 256, 2)
+    for (frac, power), specs in fig6.configs(tiny).items():                   # every ablation setting reaches the run
+        config = runner.full_config(specs[0])
+        assert config["power"] == power and config["t_f"] in (None, fig6.t_f_epoch(frac, tiny))
+
+
+def test_the_cache_key_depends_on_the_data_mode(monkeypatch):
+    s = common.spec(common.MODES["quick"], "ste", "2:4")
+    monkeypatch.setenv("NMREF_FAST", "1")
+    tiny_data = runner.run_key(s)
+    monkeypatch.setenv("NMREF_FAST", "0")
+    assert runner.run_key(s) != tiny_data                                     # tiny data is not the real data
+
+
+def test_final_is_the_last_epoch_not_the_best(tmp_path):
+    history = [{"test_acc": 0.5}, {"test_acc": 0.9}, {"test_acc": 0.7}]
+    (tmp_path / "run.json").write_text(json.dumps({
+        "config": {}, "history": history, "seconds": 1.0, "cpu_seconds": 1.0, "layers": {}, "n_train": 1,
+        "n_test": 1}))
+    np.savez(tmp_path / "arrays.npz", x=np.zeros(1))
+    run = runner.RunResult(tmp_path)
+    assert run.final("test_acc") == 0.7 and list(run.column("test_acc")) == [0.5, 0.9, 0.7]
+
+
+def test_figure1_table_positions_and_the_pruned_to_kept_ratio(first_run):
+    import paper_figures.fig1_nm_illustration as fig1
+    _, rows = read_csv(first_run[0] / "out" / "fig1_nm_illustration.csv")
+    for r in rows:
+        col, kept = int(r["col"]), int(r["kept"])
+        assert (int(r["group"]), int(r["pos_in_group"])) == (col // 4, col % 4)
+        assert int(r["index"]) == (int(r["pos_in_group"]) if kept else -1)
+        if kept:                                                              # its slot among the row's kept values
+            before = sum(int(x["kept"]) for x in rows if x["row"] == r["row"] and int(x["col"]) < col)
+            assert int(r["value_col"]) == before
+
+    class Run:
+        layers = {"fc": {"weight": "fc.weight", "layout": "linear"}}
+        arrays = {"param/fc.weight": np.array([[4.0, 1.0, 2.0, 8.0]])}       # kept 4, 8; pruned 1, 2
+    assert fig1.pruned_to_kept(Run(), "fc", 2, 4) == pytest.approx(1.5 / 6.0)
+
+
+def test_figure2_and_3_rows_are_the_runs_histories(first_run):
+    import paper_figures.fig2_sad as fig2
+    import paper_figures.fig3_lambda as fig3
+    mode = common.pick_mode()
+    out = first_run[0] / "out"
+    _, rows = read_csv(out / "fig2_sad.csv")
+    _, summary = read_csv(out / "fig2_sad_summary.csv")
+    for method, specs in fig2.configs(mode).items():
+        for s in specs:
+            run = _cached(first_run, s)
+            mine = [r for r in rows if r["method"] == method and int(r["seed"]) == s["seed"]]
+            assert [int(r["epoch"]) for r in mine] == list(range(1, len(run.history) + 1))
+            assert all(float(r["lam"]) == (2e-4 if method == "srste" else 0.0) for r in mine)
+            for r, h in zip(mine, run.history):
+                assert int(r["sad_step"]) == h["sad_step"] and float(r["test_acc"]) == h["test_acc"]
+            row = next(r for r in summary if r["method"] == method and int(r["seed"]) == s["seed"])
+            late = run.column("sad_step_frac")[len(run.history) // 2:]
+            assert float(row["step_sad_frac_last_half"]) == pytest.approx(late.mean())
+            assert float(row["final_test_acc"]) == run.history[-1]["test_acc"]
+    _, rows = read_csv(out / "fig3_lambda.csv")
+    for lam, specs in fig3.configs(mode).items():
+        for s in specs:
+            run = _cached(first_run, s)
+            row = next(r for r in rows if float(r["lam"]) == lam and int(r["seed"]) == s["seed"])
+            half = len(run.history) // 2                                     # after epoch E/2 (1-based)
+            assert float(row["sad_final_frac_mid"]) == run.history[half - 1]["sad_final_frac"]
+
+
+def test_figure4_table_is_in_fractions_with_the_drop_signed(first_run):
+    import paper_figures.fig4_accuracy as fig4
+    out = first_run[0] / "out"
+    _, table = read_csv(out / "fig4_accuracy.csv")
+    by = {(r["method"], r["pattern"]): r for r in table}
+    dense = float(by[("dense", "dense")]["test_acc_mean"])
+    for (method, pattern), specs in fig4.configs(common.pick_mode()).items():
+        row, runs = by[(method, pattern)], [_cached(first_run, s) for s in specs]
+        assert float(row["drop_vs_dense"]) == pytest.approx(float(row["test_acc_mean"]) - dense)
+        assert float(row["paper_srste_r50_top1"]) == fig4.PAPER_SRSTE_R50[pattern] / 100
+        densities = [np.nanmean(r.column("density")) if method != "dense" else 1.0 for r in runs]
+        assert float(row["mean_forward_density"]) == pytest.approx(np.mean(densities))
+    md = (out / "fig4_accuracy_table.md").read_text()
+    for pattern, sparsity in (("2:4", 50), ("4:8", 50), ("1:4", 75), ("2:8", 75)):
+        assert f"| {pattern} | {sparsity} % |" in md
+
+
+def test_figure5_schedule_alive_counts_and_agreement(first_run):
+    import paper_figures.fig5_lbc_removal as fig5
+    from nmref.groups import to_groups
+    from nmref.lbc import removal_schedule
+    from nmref.masks import nm_mask
+    run = _cached(first_run, fig5.runs(common.pick_mode())[0])
+    _, rows = read_csv(first_run[0] / "out" / "fig5_lbc_removal.csv")
+    epochs, c = len(run.history), 6
+    t_f = run.config["t_f"] or epochs / 2
+    assert [int(r["epochs_done"]) for r in rows] == list(range(epochs + 1))
+    # after e epochs the removal of epoch e - 1 is the last applied: C - k(e - 1) alive (C before any)
+    want = [c] + [c - removal_schedule(e, c, 0, t_f, 3) for e in range(epochs)]
+    assert [int(r["scheduled_alive"]) for r in rows] == want
+    assert [float(r["alive_per_group"]) for r in rows] == want                 # strict removal follows it exactly
+    layer, info = next(iter(run.layers.items()))
+    final = to_groups(run.arrays[f"mask/{layer}"], 4, info["layout"])
+    for r, w in zip(rows, run.arrays[f"lbc/{layer}/weight"]):                  # fraction of GROUPS agreeing
+        agree = (to_groups(nm_mask(w, 2, 4, info["layout"]), 4, info["layout"]) == final).all(axis=1).mean()
+        assert float(r["final_matches_topn_of_weights_now"]) == pytest.approx(agree)
+    _, scores = read_csv(first_run[0] / "out" / "fig5_lbc_removal_scores.csv")
+    for r in scores:
+        if int(r["epochs_done"]) == epochs:
+            assert int(r["alive_at_end"]) == (float(r["score"]) != 0)
+    for g in {r["group"] for r in scores}:
+        assert sum(int(r["alive_at_end"]) for r in scores if r["group"] == g and int(r["epochs_done"]) == 0) == 1
+
+
+def test_figure6_first_nm_epoch_is_one_based(first_run):
+    import paper_figures.fig6_lbc_schedule as fig6
+    _, rows = read_csv(first_run[0] / "out" / "fig6_lbc_schedule.csv")
+    for (frac, power), specs in fig6.configs(common.pick_mode()).items():
+        for s in specs:
+            run = _cached(first_run, s)
+            row = next(r for r in rows if (float(r["t_f_fraction"]), int(r["power"]), int(r["seed"]))
+                       == (frac, power, s["seed"]))
+            first = int(row["first_nm_epoch"])
+            assert run.history[first - 1]["is_nm"] == 1
+            assert all(h["is_nm"] != 1 for h in run.history[:first - 1])
