@@ -85,6 +85,18 @@ def test_every_kernel_path_matches_the_reference(shape, layout, m, kernel):
         nm_mask(w, 1, m, layout, backend="numba")
 
 
+@pytest.mark.parametrize("shape, layout, m", [((8, 64), "linear", 4), ((8, 60), "linear", 12),
+                                              ((8, 64), "linear", 16), ((128, 4096), "linear", 16),
+                                              ((8, 24, 3), "conv", 3)])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_inf_raises_in_every_kernel_like_nan(shape, layout, m, dtype):
+    """+inf has the key ``limit`` itself (NaNs lie above it): every kernel must count it."""
+    for bad in (np.inf, -np.inf):
+        w = np.ones(shape, dtype=dtype)
+        w.reshape(-1)[w.size // 2 + 1] = bad
+        with pytest.raises(ValueError, match="NaN or inf"):
+            nm_mask(w, 1, m, layout, backend="numba")
+
 def test_non_contiguous_and_byte_swapped_input():
     rng = np.random.default_rng(2)
     w = rng.integers(-3, 4, size=(16, 24)).astype(np.float64)

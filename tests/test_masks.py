@@ -338,3 +338,12 @@ def test_parse_pattern_prune_bounds_and_semantics_name():
         parse_pattern(Pattern(2, 4), semantics="prune")
     with pytest.raises(ValueError, match="need 1 <= n <= m"):
         Pattern(0, 4)
+
+
+def test_compress_the_largest_group_uint8_indices_hold():
+    w = np.random.default_rng(6).standard_normal((2, 512))
+    values, indices = compress_nm(w, 3, 256)
+    assert indices.dtype == np.uint8 and indices.shape == (2, 6)
+    assert np.array_equal(decompress_nm(values, indices, 3, 256, w.shape), w * nm_mask(w, 3, 256))
+    with pytest.raises(ValueError, match="m <= 256"):
+        compress_nm(w, 1, 512)

@@ -123,3 +123,22 @@ def test_cnn1d_matches_pytorch_forward_and_gradients(rng):
     for name, p in model.named_params().items():
         expected = torch_params[name].grad.numpy()
         assert np.linalg.norm(p.grad - expected) <= 1e-10 * np.linalg.norm(expected), name
+
+
+def test_cifar_resnets_have_the_paper_stages_and_shortcuts():
+    """He et al. 2016, CIFAR: 16-32-64 channels, stride 2 at the first block of stages 2 and 3 only, a 1x1
+    projection there, 6 n + 2 layers (resnet8: n = 1, resnet20: n = 3)."""
+    for name, blocks in (("resnet8", 1), ("resnet20", 3)):
+        layers = build_model(name).weight_layers()
+        convs = [(k, l.weight.value.shape, l.stride) for k, l in layers.items()
+                 if "shortcut" not in k and hasattr(l, "stride")]
+        assert len(convs) + 1 == 6 * blocks + 2 and convs[0][1:] == ((16, 3, 3, 3), (1, 1))
+        assert layers[list(layers)[-1]].weight.value.shape == (10, 64)
+        strided = [k for k, _, s in convs if s == (2, 2)]
+        assert strided == [f"{3 + blocks * stage}.conv1" for stage in (1, 2)]    # blocks start at layer 3
+        shortcuts = {k: (l.weight.value.shape, l.stride) for k, l in layers.items() if "shortcut" in k}
+        assert sorted(shortcuts.values()) == [((32, 16, 1, 1), (2, 2)), ((64, 32, 1, 1), (2, 2))]
+        assert [l.weight.value.shape[0] for k, l in layers.items() if k.endswith("conv2")] == \
+            [16] * blocks + [32] * blocks + [64] * blocks
+    cnn2d = build_model("cnn2d")
+    assert [l.stride for l in cnn2d.weight_layers().values() if hasattr(l, "stride")] == [(1, 1)] * 3

@@ -72,6 +72,12 @@ def test_greedy_is_valid_and_close_to_exact(n, m):
     assert greedy.sum() >= 0.9 * exact.sum()
 
 
+def test_exact_blocks_in_chunks_equal_one_pass(monkeypatch):
+    blocks = random_blocks(4, 50, seed=9)                                    # 100 blocks
+    whole = exact_blocks(blocks, 2)
+    monkeypatch.setattr(transposable, "BLOCK_CHUNK", 7)                      # 15 chunks, the last one short
+    assert np.array_equal(exact_blocks(blocks, 2), whole)
+
 def test_greedy_blocks_left_short_are_solved_exactly(monkeypatch):
     blocks = random_blocks(4, 100, seed=8)
     solved = []
@@ -128,3 +134,15 @@ def test_bad_input_raises():
 
 def test_exported():
     assert nmref.nm_mask_transposable is masks.nm_mask_transposable is nm_mask_transposable
+
+
+def test_repair_picks_the_swap_that_gains_most_net_of_the_weight_it_drops():
+    keep = np.zeros((1, 4, 4), dtype=bool)
+    for i, j in ((0, 0), (0, 1), (1, 1), (1, 2), (2, 0), (2, 2), (3, 3)):
+        keep[0, i, j] = True                               # row 3 and column 3 short
+    scores = np.ones((1, 4, 4))
+    scores[0, 1, 1] = 10.0                                 # dropping (1, 1) would lose more than (3, 1), (1, 3) add
+    scores[0, 3, 1] = scores[0, 1, 3] = 5.0
+    assert not transposable._repair(keep, scores, 2).any()
+    assert keep[0, 1, 1] and keep[0, 3, 1] and not keep[0, 0, 1]   # add (3, 1), drop (0, 1), add (0, 3)
+    assert (scores * keep).sum() == 21.0
