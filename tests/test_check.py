@@ -362,3 +362,26 @@ def test_nmref_checkpoint_supplies_its_pattern_and_conv_layout(tmp_path, rng, ca
     np.savez(path, **{"param/0.weight": w, "meta": np.array(json.dumps(meta))})
     code, _, err = _run(capsys, path)
     assert code == 2 and "--pattern 2:4" in err
+
+
+def test_report_text_counts_what_it_does_not_list(tmp_path):
+    arrays = {"fc.weight": np.ones((4, 16), dtype=np.float32),                # all 16 groups of 4 violate 2:4
+              "head.weight": np.eye(4, dtype=np.float32),                      # one group per row: checked
+              **{f"layer{i}.bias": np.zeros(3, dtype=np.float32) for i in range(8)}}
+    np.savez(tmp_path / "model.npz", **arrays)
+    report = check_file(tmp_path / "model.npz", "2:4")
+    assert len(report["tensors"][0]["first_violations"]) == 5 and report["tensors"][0]["violating_groups"] == 16
+    text = format_report(report)
+    assert "fc.weight: ... 11 more" in text
+    assert "skipped 8:" in text and "layer5.bias and 2 more" in text
+    assert "result: 1 of 2 checked tensors are 2:4; 1 violates" in text
+
+
+def test_torch_float8_and_wrapped_state_dicts(tmp_path, rng):
+    fc = torch.from_numpy(_nm(rng, (6, 16)))
+    torch.save({"model_state_dict": {"fc.weight": fc.to(torch.float8_e4m3fn)}, "epoch": 3}, tmp_path / "f8.pt")
+    read = read_tensors(tmp_path / "f8.pt")
+    assert "state dict read from the 'model_state_dict' entry of the file" in read.notes
+    assert read.dtypes["fc.weight"] == "float8_e4m3fn" and not read.unreadable
+    np.testing.assert_array_equal(read.tensors["fc.weight"], fc.to(torch.float8_e4m3fn).float().numpy())
+    assert check_file(tmp_path / "f8.pt", "2:4")["compliant"]

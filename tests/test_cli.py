@@ -1,4 +1,5 @@
 """The nmref command: help, fail-fast errors with exit code 2, a tiny train + resume, figures, check."""
+import dataclasses
 import json
 import sys
 import types
@@ -6,6 +7,7 @@ import types
 import pytest
 
 from nmref.cli import main
+from nmref.train import ConfigError, TrainConfig
 
 TINY = ["--model", "mlp", "--epochs", "1", "--batch-size", "500", "--no-progress"]
 
@@ -81,7 +83,10 @@ def test_missing_data_files_exit_2(tmp_path, capsys):
 
 def test_describe_needs_no_data_files(capsys):
     assert exit_code(["train", "--dataset", "mnist", "--model", "cnn2d", "--method", "srste", "--describe"]) == 0
-    assert "conv" in capsys.readouterr().out.lower()
+    out = capsys.readouterr().out
+    assert "conv" in out.lower() and " 32x1x3x3 " in out                       # MNIST: one input channel
+    assert exit_code(["train", "--dataset", "cifar10", "--describe"]) == 0
+    assert " 32x3x3x3 " in capsys.readouterr().out
     assert exit_code(["train", "--dataset", "mnist", "--model", "cnn2d", "--epochs", "1"]) == 2   # training does
     assert "--data-path" in capsys.readouterr().err
 
@@ -158,3 +163,38 @@ def test_train_and_test_sample_options(tmp_path, capsys):
     assert rows[-1]["step"] == 2                                  # 600 samples in batches of 500
     assert exit_code(["train", *TINY, "--train-samples", "-3", "--out", str(tmp_path / "bad")]) == 2
     assert "train_samples=-3" in capsys.readouterr().err
+
+
+def test_every_train_option_reaches_the_config():
+    from nmref.cli import build_parser, config_from_args
+    argv = ["train", "--dataset", "mnist", "--data-path", "d", "--train-samples", "300", "--test-samples", "50",
+            "--model", "mlp", "--method", "lbc", "--pattern", "4:8", "--layout", "nchw_flatten", "--sparse-last",
+            "--strict-sparse", "--init-from", "c.npz", "--t-i", "1", "--t-f", "2.5", "--power", "4", "--removal",
+            "faithful", "--score-weight-decay", "0.01", "--epochs", "7", "--batch-size", "32", "--lr", "0.05",
+            "--momentum", "0.8", "--nesterov", "--weight-decay", "1e-4", "--warmup-frac", "0.1", "--schedule",
+            "step", "--label-smoothing", "0.1", "--dtype", "float64", "--seed", "3", "--out", "o", "--device",
+            "gpu", "--overwrite", "--checkpoint-every", "2", "--stop-after", "3", "--no-progress"]
+    config = config_from_args(build_parser().parse_args(argv))
+    assert dataclasses.asdict(config) == {**dataclasses.asdict(TrainConfig()), **{
+        "dataset": "mnist", "data_path": "d", "train_samples": 300, "test_samples": 50, "model": "mlp",
+        "method": "lbc", "pattern": "4:8", "layout": "nchw_flatten", "sparse_last": True, "strict_sparse": True,
+        "init_from": "c.npz", "t_i": 1, "t_f": 2.5, "power": 4.0, "removal": "faithful", "score_weight_decay": 0.01,
+        "epochs": 7, "batch_size": 32, "lr": 0.05, "momentum": 0.8, "nesterov": True, "weight_decay": 1e-4,
+        "warmup_frac": 0.1, "schedule": "step", "label_smoothing": 0.1, "dtype": "float64", "seed": 3, "out": "o",
+        "device": "gpu", "overwrite": True, "checkpoint_every": 2, "stop_after": 3, "progress": False}}
+    for method, option, field, value in (("srste", "--lam", "lam", 1e-3), ("fixed", "--fix-at", "fix_at", 2)):
+        args = build_parser().parse_args(["train", "--method", method, option, str(value)])
+        assert getattr(config_from_args(args), field) == value
+    for option, value in (("--score-weight-decay", "0.01"), ("--t-f", "2"), ("--lam", "1e-3")):
+        with pytest.raises(ConfigError, match=option):                       # a method option of another method
+            config_from_args(build_parser().parse_args(["train", "--method", "fixed", option, value]))
+
+
+def test_resume_takes_every_setting_from_the_checkpoint(tmp_path):
+    from nmref.cli import build_parser, config_from_args
+    out = str(tmp_path / "run")
+    assert exit_code(["train", "--model", "mlp", "--method", "ste", "--pattern", "1:4", "--epochs", "3",
+                      "--stop-after", "1", "--batch-size", "500", "--lr", "0.05", "--no-progress", "--out", out]) == 0
+    config = config_from_args(build_parser().parse_args(["train", "--resume", "--out", out]))
+    assert (config.epochs, config.lr, config.method, config.pattern, config.model, config.batch_size) == \
+        (3, 0.05, "ste", "1:4", "mlp", 500)

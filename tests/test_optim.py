@@ -232,3 +232,12 @@ def test_schedules_reject_bad_arguments():
         step_decay(0, [1], gamma=2)
     with pytest.raises(ValueError, match="step=-3 must be >= 0"):
         constant(-3)
+
+
+def test_a_fresh_param_has_a_zero_gradient_and_seeded_generators_repeat():
+    import nmref
+    p = Param(np.full((3, 5), 7.0, dtype=np.float32), "w")
+    assert p.grad.dtype == np.float32 and p.grad.shape == (3, 5) and not p.grad.any()
+    SGD([p], lr=0.1, momentum=0.9).step()                                     # no gradient yet: no change
+    assert (p.value == 7.0).all()
+    assert np.array_equal(nmref.rng(3).random(4), nmref.rng(3).random(4))
