@@ -28,7 +28,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_cusparselt import Timer, random_24, rel, rotated_inputs  # noqa: E402
-from gpu_probe_mma_sp import jsonl_emitter  # noqa: E402
+from gpu_probe_mma_sp import jsonl_emitter, read_jsonl  # noqa: E402
 
 from nmref.cusparselt import np_dtype as np_dtype_of  # noqa: E402
 
@@ -175,14 +175,11 @@ def main(argv=None):
     p.add_argument("--summarize", nargs="+", metavar="JSONL", help="print the table of saved records and stop")
     args = p.parse_args(argv)
     if args.summarize:
-        import json
-        print(table([json.loads(line) for path in args.summarize for line in open(path)]))
+        print(table(read_jsonl(args.summarize)))
         return
     if args.build:
         chosen = CONFIGS if not args.configs else [CONFIGS[int(i)] for i in args.configs.split(",")]
         return build(args.build, args.cutlass, args.jobs, chosen)
-    import json
-
     import cupy as cp
     libs = [CutlassLib(path) for path in sorted(glob.glob(os.path.join(args.libs, "lib*.so")))]
     emit = jsonl_emitter(args.jsonl)
@@ -194,8 +191,7 @@ def main(argv=None):
     for _ in range(args.repeats):
         timing(cp, emit, timer, libs, [int(b) for b in args.batches.split(",")], args.dtypes.split(","), args.iters)
     emit({"total_s": time.time() - t0})
-    with open(args.jsonl) as f:
-        records = [json.loads(line) for line in f]
+    records = read_jsonl([args.jsonl])
     bad = [r for r in records if "check" in r and not r["ok"]]
     print(f"checks: {sum('check' in r for r in records)} run, {len(bad)} failed")
     for r in bad:

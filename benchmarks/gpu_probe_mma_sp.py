@@ -115,7 +115,7 @@ def timing(cp, emit, timer, configs, batches, iters, shape=(4096, 4096), dtypes=
 def summarize(path):
     """A short table of a probe's records: failed checks, then per dtype and batch the dense, cuSPARSELt and
     three fastest launch-shape times."""
-    records = [json.loads(line) for line in open(path)]
+    records = read_jsonl([path])
     checks = [r for r in records if "check" in r]
     bad = [r for r in checks if "error" in r or r.get("nan") or not r.get("rel_err", 1) < 1e-2]
     print(f"checks: {len(checks)}, failed: {len(bad)}")
@@ -130,6 +130,15 @@ def summarize(path):
         top = ", ".join(f"{c} {t:.1f}" for t, c in numeric[:3])
         print(f"| {r['time']} | {r['M']}x{r['K']}x{r['N']} | {r['dense_us']:.1f} | {r['cslt_us']:.1f} | {top} | "
               f"{r['dense_over_best']:.2f}x | {r['dense_over_cslt']:.2f}x |")
+
+
+def read_jsonl(paths):
+    """The records of the JSON-lines files ``paths`` (what jsonl_emitter wrote), in order."""
+    records = []
+    for path in paths:
+        with open(path) as f:
+            records += [json.loads(line) for line in f if line.strip()]
+    return records
 
 
 def jsonl_emitter(path):

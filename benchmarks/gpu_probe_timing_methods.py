@@ -15,7 +15,6 @@ Here one process times CuPy dense (cuBLAS) and nmref's SparseMatmul as shipped f
     python benchmarks/gpu_probe_timing_methods.py --summarize OUT.jsonl
 """
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -23,7 +22,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_cusparselt import Timer, rel, rotated_inputs  # noqa: E402
 from gpu_probe_cusparselt import cold_us  # noqa: E402
-from gpu_probe_mma_sp import jsonl_emitter  # noqa: E402
+from gpu_probe_mma_sp import jsonl_emitter, read_jsonl  # noqa: E402
 
 METHODS = ("queued_rotated", "queued_one", "synced_one", "flushed_one")
 ISSUE_FACTS = {16: 1.28, 256: 1.23, 4096: 1.53}      # issue 7, fp16, dense / sparse at batch x 4096 x 4096
@@ -91,7 +90,7 @@ def main(argv=None):
     p.add_argument("--summarize", nargs="+", metavar="JSONL", help="print the table of saved records and stop")
     args = p.parse_args(argv)
     if args.summarize:
-        print(table([json.loads(line) for path in args.summarize for line in open(path)]))
+        print(table(read_jsonl(args.summarize)))
         return
     if not args.jsonl:
         p.error("--jsonl OUT.jsonl is needed to run (or --summarize JSONL to print a table)")
