@@ -6,6 +6,8 @@
     python notebooks/_build.py --fast          execute in fast mode (NMREF_FAST=1), e.g. to try a change
     python notebooks/_build.py --no-execute    cells only, no outputs
     python notebooks/_build.py --check         exit 1 when an .ipynb's cells differ from its source
+    python notebooks/_build.py --markdown-only 06   rewrite only the markdown cells, keeping the committed
+                                               outputs (e.g. GPU ones); refused when a code cell changed
 
 Source format: ``# %%`` starts a code cell, ``# %% [markdown]`` a markdown cell whose lines are written
 as ``# text``. The .ipynb files are generated: edit the source, never the notebook.
@@ -114,13 +116,37 @@ def stale(source):
     return ""
 
 
+def refresh_markdown(source):
+    """Copy the source's markdown cells into the committed .ipynb, its code cells and outputs untouched;
+    returns how many changed. SystemExit when the cells do not line up or a code cell differs (rebuild it)."""
+    target = HERE / f"{source.stem}.ipynb"
+    committed = nbformat.read(target, as_version=4)
+    cells = build(source).cells
+    kinds = [c.cell_type for c in cells] == [c.cell_type for c in committed.cells]
+    if not kinds or any(w.source != h.source for w, h in zip(cells, committed.cells) if w.cell_type == "code"):
+        raise SystemExit(f"{target.name}: code cells differ from {source.name}; rebuild it (python "
+                         f"notebooks/_build.py {source.stem[:2]})")
+    changed = 0
+    for want, have in zip(cells, committed.cells):
+        if want.cell_type == "markdown" and want.source != have.source:
+            have.source, changed = want.source, changed + 1
+    nbformat.write(committed, target)
+    return changed
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("names", nargs="*", help="notebook name prefixes, e.g. 01 03 (default: all)")
     parser.add_argument("--fast", action="store_true", help="execute with NMREF_FAST=1")
     parser.add_argument("--no-execute", action="store_true", help="write cells without outputs")
     parser.add_argument("--check", action="store_true", help="only compare the .ipynb cells with the sources")
+    parser.add_argument("--markdown-only", action="store_true",
+                        help="rewrite only the markdown cells of the committed .ipynb, keeping its outputs")
     args = parser.parse_args(argv)
+    if args.markdown_only:
+        for source in sources(args.names):
+            print(f"{source.stem}.ipynb: {refresh_markdown(source)} markdown cells rewritten")
+        return 0
     if args.check:
         problems = [why for why in map(stale, sources(args.names)) if why]
         print("\n".join(problems) or "notebooks match their sources")

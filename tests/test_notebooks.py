@@ -29,6 +29,25 @@ def test_notebook_cells_match_the_source(name):
     assert builder.stale(NOTEBOOKS / "_src" / f"{name}.py") == ""
 
 
+def test_markdown_only_refresh_keeps_the_outputs_and_refuses_code_changes(tmp_path):
+    builder = load_builder()
+    builder.HERE = tmp_path
+    name = "06_cusparselt_2to4"                                       # its outputs come from a GPU run
+    (tmp_path / f"{name}.ipynb").write_bytes((NOTEBOOKS / f"{name}.ipynb").read_bytes())
+    source = tmp_path / f"{name}.py"
+    text = (NOTEBOOKS / "_src" / f"{name}.py").read_text(encoding="utf-8")
+    source.write_text(text.replace("# %% [markdown]\n", "# %% [markdown]\n# Edited.\n", 1), encoding="utf-8")
+    assert builder.refresh_markdown(source) == 1
+    before = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
+    after = nbformat.read(tmp_path / f"{name}.ipynb", as_version=4)
+    assert builder.stale(source) == ""
+    assert [c.outputs for c in after.cells if c.cell_type == "code"] == \
+        [c.outputs for c in before.cells if c.cell_type == "code"]
+    source.write_text(text.replace("\nimport ", "\nimport os  # edited\nimport ", 1), encoding="utf-8")
+    with pytest.raises(SystemExit, match="code cells differ"):
+        builder.refresh_markdown(source)
+
+
 @pytest.mark.parametrize("name", EXPECTED)
 def test_committed_outputs_are_from_a_full_run(name):
     nb = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
