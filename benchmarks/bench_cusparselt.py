@@ -16,6 +16,8 @@ over repeats and the spread (max - min) / median.
 
     python benchmarks/bench_cusparselt.py                     # all shapes, fp16 and bf16, 3 repeats
     python benchmarks/bench_cusparselt.py --shapes 16x4096x4096 --repeats 1 --iters 10
+    python benchmarks/bench_cusparselt.py --merge fp16.json bf16.json --markdown table.md   # one table from several
+                                                                                           # runs (no GPU needed)
 """
 import argparse
 import datetime
@@ -59,6 +61,9 @@ def parse_args(argv=None):
     p.add_argument("--search", type=int, default=1, help="1: cuSPARSELt's algorithm search per plan; 0: default config")
     p.add_argument("--json", default=None, help="write raw results here")
     p.add_argument("--markdown", default=None, help="write the summary table here")
+    p.add_argument("--merge", nargs="+", metavar="JSON", default=None,
+                   help="no measuring: one table from these --json files (e.g. one per dtype, same machine), "
+                        "repeat i of every file taken as repeat i of the table")
     return p.parse_args(argv)
 
 
@@ -291,8 +296,28 @@ def summarize(runs, env):
     return "\n".join(lines) + "\n"
 
 
+def merge(paths):
+    """(env, runs) of several --json files: environments must agree (the first file's date is kept), and
+    repeat i of each file becomes part of repeat i."""
+    loaded = [json.loads(open(path).read()) for path in paths]
+    env = loaded[0]["env"]
+    for path, d in zip(paths, loaded):
+        differs = {k for k in env if k != "date" and d["env"].get(k) != env[k]}
+        if differs:
+            sys.exit(f"--merge: {path} was measured in another environment ({', '.join(sorted(differs))} differ "
+                     f"from {paths[0]}); merge only runs of one machine and software stack")
+    repeats = max(len(d["runs"]) for d in loaded)
+    runs = [[r for d in loaded if i < len(d["runs"]) for r in d["runs"][i]] for i in range(repeats)]
+    return env, runs
+
+
 def main(argv=None):
     args = parse_args(argv)
+    if args.merge:
+        env, runs = merge(args.merge)
+        print(summarize(runs, env))
+        save(argparse.Namespace(json=args.json, markdown=args.markdown), env, runs)
+        return
     import cupy as cp
     from nmref import cusparselt as cslt
     try:

@@ -27,6 +27,9 @@
 #   bash benchmarks/gpu_run.sh timing   benchmarks/gpu_probe_timing_methods.py: dense vs nmref timed four ways (TIMING_ARGS)
 #   bash benchmarks/gpu_run.sh table [NN]    tests/test_cusparselt.py, notebook NN in full mode (if given), the
 #                                            whole cuSPARSELt table over 3 repeats
+#   bash benchmarks/gpu_run.sh record   the cuSPARSELt table over 3 repeats with BENCH_ARGS (e.g. --dtypes float16: one
+#                                       call per dtype, joined by bench_cusparselt.py --merge); RECORD_TESTS=1: then every
+#                                       test file (test_notebooks left out: no nbformat in the image) and the training step
 # At most 8 files come back from $OUT: the round2 and notebook stages keep to that.
 set -u
 STAGE=${1:-cslt}
@@ -282,7 +285,17 @@ table)
     timeout "${BENCH_TIMEOUT:-470}" python3 benchmarks/bench_cusparselt.py --json "$OUT/gpu_cusparselt.json" \
         --markdown "$OUT/gpu_cusparselt.md" 2>&1 | tee -a "$OUT/runs.log"
     ;;
+record)
+    stamp "bench_cusparselt ${BENCH_ARGS:-}, 3 repeats"
+    timeout "${BENCH_TIMEOUT:-450}" python3 benchmarks/bench_cusparselt.py --json "$OUT/gpu_cusparselt.json" \
+        --markdown "$OUT/gpu_cusparselt.md" ${BENCH_ARGS:-} 2>&1 | tee -a "$OUT/runs.log"
+    if [ -n "${RECORD_TESTS:-}" ]; then
+        TEST_TIMEOUT=300 run_tests tests.log tests --ignore=tests/test_notebooks.py
+        stamp "bench_gpu_train_step"
+        timeout 90 python3 benchmarks/bench_gpu_train_step.py --markdown "$OUT/gpu_train_step.md" 2>&1 | tee -a "$OUT/runs.log"
+    fi
+    ;;
 *)
-    echo "unknown stage $STAGE (mma | mma2 | cslt | tests | full | round2 | notebook | final | table)"; exit 2 ;;
+    echo "unknown stage $STAGE (see the list at the top of this file)"; exit 2 ;;
 esac
 stamp "done"

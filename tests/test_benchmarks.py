@@ -61,3 +61,25 @@ def test_timing_methods_table_from_committed_records(tmp_path):
     out = run_script("gpu_probe_timing_methods.py", ["--summarize", str(records)], tmp_path)
     for method in ("queued_rotated", "queued_one", "synced_one", "flushed_one"):
         assert out.count(f"| {method} |") == 6             # 2 dtypes x 3 batch sizes
+
+
+def test_cusparselt_table_merged_from_runs_split_by_dtype(tmp_path):
+    """--merge: a run split into one file per dtype gives back the table of the whole run; runs of another
+    software stack are refused."""
+    import json
+    whole = BENCH / "results" / "gpu_cusparselt_0.8.0_round6_2026-11-21.json"      # gpu_notes.md, round 6
+    d = json.loads(whole.read_text())
+    paths = []
+    for dtype in ("float16", "bfloat16"):
+        part = {"env": d["env"], "runs": [[r for r in run if r["dtype"] == dtype] for run in d["runs"]]}
+        paths.append(tmp_path / f"{dtype}.json")
+        paths[-1].write_text(json.dumps(part))
+    merged = run_script("bench_cusparselt.py", ["--merge", *map(str, paths), "--markdown", "{tmp}/m.md"], tmp_path)
+    original = run_script("bench_cusparselt.py", ["--merge", str(whole)], tmp_path)
+    assert merged == original and "| float16 | 256x4096x4096 |" in merged
+    assert (tmp_path / "m.md").read_text().strip() == original.strip()
+    other = dict(d, env=dict(d["env"], cusparselt=1000))
+    paths[1].write_text(json.dumps(other))
+    cmd = [sys.executable, str(BENCH / "bench_cusparselt.py"), "--merge", *map(str, paths)]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0 and "another environment (cusparselt" in done.stderr
