@@ -27,6 +27,7 @@ import platform
 import statistics
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -248,6 +249,8 @@ def summarize(runs, env):
              f"Times in microseconds, median over the repeats (up to {len(runs)}; a row's count is in its last "
              "column) of the per-repeat medians; spread = (max - min) / median over repeats. Ratios > 1 mean nmref is "
              "faster.", ""]
+    if env.get("merged"):
+        lines += ["Joined from separate runs on one machine (`--merge`): " + ", ".join(env["merged"]) + ".", ""]
     for mode in ("gpu", "steady"):
         lines += [f"## {mode} time per call" + (" (GPU kernel time, launches queued)" if mode == "gpu" else
                                                   " (back-to-back calls from Python, host overhead included)"), "",
@@ -306,6 +309,8 @@ def merge(paths):
         if differs:
             sys.exit(f"--merge: {path} was measured in another environment ({', '.join(sorted(differs))} differ "
                      f"from {paths[0]}); merge only runs of one machine and software stack")
+    if len(paths) > 1:
+        env = dict(env, merged=[f"{Path(path).name} ({d['env']['date']})" for path, d in zip(paths, loaded)])
     repeats = max(len(d["runs"]) for d in loaded)
     runs = [[r for d in loaded if i < len(d["runs"]) for r in d["runs"][i]] for i in range(repeats)]
     return env, runs

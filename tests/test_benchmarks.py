@@ -76,10 +76,26 @@ def test_cusparselt_table_merged_from_runs_split_by_dtype(tmp_path):
         paths[-1].write_text(json.dumps(part))
     merged = run_script("bench_cusparselt.py", ["--merge", *map(str, paths), "--markdown", "{tmp}/m.md"], tmp_path)
     original = run_script("bench_cusparselt.py", ["--merge", str(whole)], tmp_path)
-    assert merged == original and "| float16 | 256x4096x4096 |" in merged
-    assert (tmp_path / "m.md").read_text().strip() == original.strip()
+    joined = "Joined from separate runs on one machine (`--merge`): float16.json"
+    assert merged.count(joined) == 1 and joined not in original
+    lines = merged.splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith("Joined from"))
+    assert lines[:at] + lines[at + 2:] == original.splitlines()        # the same table, the joined line aside
+    assert "| float16 | 256x4096x4096 |" in merged
+    assert "Joined from" in (tmp_path / "m.md").read_text()
     other = dict(d, env=dict(d["env"], cusparselt=1000))
     paths[1].write_text(json.dumps(other))
     cmd = [sys.executable, str(BENCH / "bench_cusparselt.py"), "--merge", *map(str, paths)]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode != 0 and "another environment (cusparselt" in done.stderr
+
+
+def test_cusparselt_table_of_record_rebuilds_from_its_raw_runs(tmp_path):
+    """docs/gpu.md's table: benchmarks/results/gpu_cusparselt_record_2026-11-21.md is exactly --merge of the
+    two committed runs (fp16, bf16) of that session."""
+    results = BENCH / "results"
+    runs = [str(results / f"gpu_cusparselt_record_{d}_2026-11-21.json") for d in ("fp16", "bf16")]
+    run_script("bench_cusparselt.py", ["--merge", *runs, "--markdown", "{tmp}/record.md"], tmp_path)
+    rebuilt = (tmp_path / "record.md").read_text()
+    assert rebuilt == (results / "gpu_cusparselt_record_2026-11-21.md").read_text()
+    assert rebuilt.count("| 3 |") == 2 * 2 * 7               # gpu and steady tables: 2 dtypes x 7 shapes, 3 repeats
