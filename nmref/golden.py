@@ -13,14 +13,14 @@ import zipfile
 import numpy as np
 
 from .groups import from_groups, to_groups
-from .lbc import LBC, combinations, mask_from_scores, removal_schedule, score_grad
+from .lbc import LBC, combinations, mask_from_scores, removal_schedule, remove_lowest, score_grad
 from .masks import nm_mask
 from .optim import SGD
 from .params import Param
 from .sad import SADTracker, sad
 from .sparsity import masked_grad, srste_grad, ste_grad
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2             # 2: lbc_grads.npz linear_2to4_cancel_*, lbc_step.npz ties_*
 SEED = 20240521
 PATTERNS = ((1, 4), (2, 4), (2, 8), (4, 8))
 LAM = 2e-4
@@ -197,20 +197,39 @@ def _scores_with_removed(rng, n_groups, c, max_alive=None):
     return alpha
 
 
+def _cancelling_scores(rng, n_groups, table):
+    """2:4 scores (G, C) in multiples of 0.25, some removed; in every even group exactly two alive
+    combinations that share one position, with scores s and -s: that position sums to 0 and is pruned
+    although alive combinations contain it (the mask is ``sum != 0``, not ``any alive covers``)."""
+    alpha = rng.integers(-3, 4, (n_groups, len(table))) * 0.25          # (G, C), zeros = removed
+    sharing = [(i, j) for i in range(len(table)) for j in range(i + 1, len(table))
+               if int((table[i] & table[j]).sum()) == 1]
+    for group in range(0, n_groups, 2):
+        i, j = sharing[rng.integers(len(sharing))]
+        alpha[group] = 0.0
+        alpha[group, i] = s = rng.integers(1, 4) * 0.25
+        alpha[group, j] = -s
+    return alpha
+
+
 def lbc_grads_file(rng):
     """LBC masks, score gradients and weight gradients with some combinations removed."""
     arrays = []
-    for layout, shape, (n, m) in (("linear", (6, 16), (2, 4)), ("conv", (3, 8, 3, 3), (2, 4)),
-                                  ("linear", (4, 16), (4, 8))):
+    cases = (("linear", (6, 16), (2, 4), None), ("conv", (3, 8, 3, 3), (2, 4), None),
+             ("linear", (4, 16), (4, 8), None), ("linear", (4, 16), (2, 4), "cancel"))
+    for layout, shape, (n, m), variant in cases:
         table = combinations(n, m)
         w = rng.standard_normal(shape)                                  # like the weight
         g = rng.standard_normal(shape)                                  # dL/dW~
         w_groups, g_groups = to_groups(w, m, layout), to_groups(g, m, layout)   # (G, M)
-        alpha = _scores_with_removed(rng, w_groups.shape[0], len(table), 3)    # (G, C)
+        if variant == "cancel":
+            alpha = _cancelling_scores(rng, w_groups.shape[0], np.asarray(table, dtype=bool))   # (G, C)
+        else:
+            alpha = _scores_with_removed(rng, w_groups.shape[0], len(table), 3)    # (G, C)
         alive = alpha != 0                                              # (G, C)
         group_mask = mask_from_scores(alpha, alive, table)              # (G, M)
         mask = from_groups(group_mask, shape, layout)                  # like w
-        key = f"{layout}_{_tag(n, m)}"
+        key = f"{layout}_{_tag(n, m)}" + (f"_{variant}" if variant else "")
         arrays += [(f"{key}_weight", w, f"W {shape}, layout {layout}"),
                    (f"{key}_grad_masked", g, "g = dL/dW~"),
                    (f"{key}_alpha", alpha, "scores (G, C), 0 = removed; G in to_groups order"),
@@ -220,9 +239,15 @@ def lbc_grads_file(rng):
                    (f"{key}_weight_grad", masked_grad(g, w, mask), "dL/dW = E * g")]
     definition = ("Groups (G, M) come from to_groups(x, m, layout) (conv: NHWC order (Cout, kh, kw, Cin)); "
                   "I = combinations(n, m); alive = alpha != 0; E = ((alpha * alive) @ I) != 0; "
-                  "dL/dalpha = alive * ((g * W) @ I.T); dL/dW = E * g (Zhang et al. 2022).")
-    return "LBC masks, score gradients and weight gradients (2:4 linear and conv, 4:8 linear)", \
+                  "dL/dalpha = alive * ((g * W) @ I.T); dL/dW = E * g (Zhang et al. 2022). Scores are signed: "
+                  "in linear_2to4_cancel every even group has two alive combinations sharing one position with "
+                  "scores s and -s, so that position is pruned although alive combinations contain it.")
+    return "LBC masks, score gradients and weight gradients (2:4 linear and conv, 4:8 linear, 2:4 with " \
+        "cancelling signed scores)", \
         definition, arrays
+
+
+TIES_K = 3
 
 
 def lbc_step_file(rng):
@@ -247,6 +272,9 @@ def lbc_step_file(rng):
     lr, mu = SGD_HYPER["lr"], SGD_HYPER["momentum"]
     SGD([{"params": [weight], "weight_decay": SGD_HYPER["weight_decay"]},
          {"params": [lbc.scores], "weight_decay": lbc.score_weight_decay}], lr=lr, momentum=mu).step()
+    ties_alpha0 = rng.integers(-2, 3, (16, 6)) * 0.25                  # (G, C): ties among alive scores
+    ties_alpha, ties_alive = ties_alpha0.copy(), ties_alpha0 != 0
+    remove_lowest(ties_alpha, ties_alive, TIES_K)
     arrays = [("weight0", w0, "W before the step"), ("grad_masked", g, "g = dL/dW~ of this step's forward"),
               ("alpha0", alpha0, "scores (G, C) before the step, 0 = removed"),
               ("momentum_weight0", v_w0, "W's momentum buffer before the step"),
@@ -262,12 +290,19 @@ def lbc_step_file(rng):
               ("momentum_alpha1", lbc.scores.state["momentum"], "scores' buffer after"),
               ("lr", np.float64(lr), "lr of both groups"), ("momentum", np.float64(mu), "SGD momentum"),
               ("weight_decay", np.float64(SGD_HYPER["weight_decay"]), "weight decay of W"),
-              ("score_weight_decay", np.float64(lbc.score_weight_decay), "weight decay of the scores")]
+              ("score_weight_decay", np.float64(lbc.score_weight_decay), "weight decay of the scores"),
+              ("ties_alpha0", ties_alpha0, "removal only: scores (G, C) in multiples of 0.25, 0 = removed, "
+                                           "many equal alive scores"),
+              ("ties_k", np.int64(TIES_K), "k lowest removed per group from ties_alpha0"),
+              ("ties_alpha_removed", ties_alpha, "ties_alpha0 after removing the k lowest per group"),
+              ("ties_alive_removed", ties_alive, "alive flags after that removal")]
     definition = ("LBC 2:4 on a linear (6, 16) weight, strict removal, epoch 4 of 20 with t_f = 10. Removal: "
                   "rank per group with dead (alive False or score 0) first, then alive by signed score, ties to "
                   "the lower index (stable); the k lowest are set to 0, marked dead and their momentum zeroed. "
                   "Then alive = alive_removed, E = ((alpha * alive) @ I) != 0, dW = E * g, dalpha = alive * "
-                  "((g * W) @ I.T); torch-style SGD (d = grad + wd * p; v = mu v + d; p -= lr v) on both.")
+                  "((g * W) @ I.T); torch-style SGD (d = grad + wd * p; v = mu v + d; p -= lr v) on both. "
+                  "ties_*: the same removal alone on tie-heavy scores: k counts the dead combinations too (they "
+                  "rank first), and among equal scores the lower combination index is removed first.")
     return "one LBC step: removal, mask, weight and score gradients, SGD with momentum", definition, arrays
 
 

@@ -185,7 +185,7 @@ def lbc_by_autograd(w, g, alpha, table, layout, m):
 def test_lbc_grads_against_torch_autograd(golden):
     d = load(golden, "lbc_grads.npz")
     for key, layout, (n, m) in (("linear_2to4", "linear", (2, 4)), ("conv_2to4", "conv", (2, 4)),
-                                ("linear_4to8", "linear", (4, 8))):
+                                ("linear_4to8", "linear", (4, 8)), ("linear_2to4_cancel", "linear", (2, 4))):
         table = [[int(j in kept) for j in range(m)] for kept in itertools.combinations(range(m), n)]
         w, g, alpha = d[f"{key}_weight"], d[f"{key}_grad_masked"], d[f"{key}_alpha"]
         mask, w_grad, alpha_grad = lbc_by_autograd(w, g, alpha, table, layout, m)
@@ -193,6 +193,22 @@ def test_lbc_grads_against_torch_autograd(golden):
         assert rel(d[f"{key}_weight_grad"], w_grad) < 1e-12
         assert rel(d[f"{key}_score_grad"], alpha_grad) < 1e-12
         assert (alpha == 0).any() and not mask.all() and mask.any()
+    covered = (d["linear_2to4_cancel_alpha"] != 0) @ np.array(table) > 0          # (G, M) some alive covers j
+    cancelled = covered & ~d["linear_2to4_cancel_mask"].reshape(-1, 4)
+    assert cancelled[::2].any(axis=1).all()              # a port using "any alive covers j" fails this file
+
+
+def test_lbc_removal_ties_against_torch(golden):
+    d = load(golden, "lbc_step.npz")
+    alpha0, k = torch.tensor(d["ties_alpha0"]), int(d["ties_k"])
+    key = torch.where(alpha0 != 0, alpha0, torch.tensor(-math.inf))                   # dead first, then by score
+    removed = torch.zeros_like(alpha0, dtype=torch.bool).scatter(
+        1, torch.sort(key, dim=1, stable=True).indices[:, :k], True)
+    np.testing.assert_array_equal(d["ties_alpha_removed"], torch.where(removed, 0.0, alpha0).numpy())
+    np.testing.assert_array_equal(d["ties_alive_removed"], (~removed & (alpha0 != 0)).numpy())
+    kth = torch.sort(key, dim=1).values[:, k - 1:k]                                   # (G, 1) k-th lowest
+    split_ties = ((key == kth) & removed).any(1) & ((key == kth) & ~removed).any(1)
+    assert bool((split_ties & torch.isfinite(kth[:, 0])).any())    # equal alive scores on both sides of the cut
 
 
 def test_lbc_step_against_torch(golden):
@@ -237,3 +253,4 @@ def test_crosscheck_doc_snippets_run(tmp_path, monkeypatch, capsys):
         exec(compile(block, "docs/crosscheck.md", "exec"), namespace)
     out = capsys.readouterr().out
     assert "masks match, ties included" in out and "3.weight[1, 4:8]: more than 2 non-zeros" in out
+    assert "LBC masks, gradients and removal match" in out
