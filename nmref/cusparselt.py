@@ -89,6 +89,10 @@ def check_weight_shape(shape, dtype):
 
 def check_batch(batch, dtype):
     """Raise unless the batch (rows of x) meets cuSPARSELt's rule for the dense operand."""
+    if dtype not in DENSE_MULTIPLE:
+        raise TypeError(f"dtype {dtype} is not supported by the 2:4 path; use one of {tuple(DENSE_MULTIPLE)}")
+    if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)):
+        raise TypeError(f"batch={batch!r} must be an int (the rows of x)")
     mult = DENSE_MULTIPLE[dtype]
     if batch <= 0 or batch % mult:
         padded = max(mult, -(-batch // mult) * mult)

@@ -24,7 +24,15 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .backend import array_module
+from .backend import array_module, check_array
+
+
+def _check_int(name, value, low):
+    """An int argument >= low (bools and floats refused)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int >= {low}, got {value!r}")
+    if value < low:
+        raise ValueError(f"{name}={value} must be >= {low}")
 
 DATASETS = ("mnist1d", "mnist", "cifar10")
 MNIST1D_SAMPLES = 50000
@@ -80,7 +88,10 @@ def load(name, path=None, fast=None, normalize=True):
 def first_samples(data, n_train=0, n_test=0):
     """The first ``n_train`` training and ``n_test`` test samples (0: all). MNIST-1D is generated shuffled,
     so these are random subsets; normalisation statistics stay those of the full training set."""
+    if not isinstance(data, Dataset):
+        raise TypeError(f"data must be a Dataset (from nmref.data.load), got {type(data).__name__}")
     for name, n, have in (("train_samples", n_train, len(data.y_train)), ("test_samples", n_test, len(data.y_test))):
+        _check_int(name, n, 0)
         if n > have:
             raise ValueError(f"{name}={n} is more than the {have} samples the dataset has; use 0 for all")
     train, test = slice(n_train or None), slice(n_test or None)
@@ -297,12 +308,15 @@ def load_cifar10(path):
 # ---- batches ------------------------------------------------------------------------------------------
 def batches(x, y, batch_size, shuffle=True, rng=None, drop_last=False):
     """(x_batch, y_batch) pairs; a shuffle draws one permutation from ``rng`` (a np.random.Generator)."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size={batch_size} must be >= 1")
+    _check_int("batch_size", batch_size, 1)
+    check_array(x, "x")
+    check_array(y, "y")
     if len(x) != len(y):
         raise ValueError(f"x has {len(x)} samples but y has {len(y)}")
     if shuffle and rng is None:
         raise ValueError("shuffle=True needs rng (a np.random.Generator, e.g. nmref.rng(seed)) so runs repeat")
+    if shuffle and not hasattr(rng, "permutation"):
+        raise TypeError(f"rng must be a np.random.Generator (e.g. nmref.rng(seed)), got {type(rng).__name__}")
     n = len(x)
     stop = n - n % batch_size if drop_last else n
     if not shuffle:
@@ -317,4 +331,6 @@ def batches(x, y, batch_size, shuffle=True, rng=None, drop_last=False):
 
 
 def num_batches(n, batch_size, drop_last=False):
+    _check_int("n", n, 0)
+    _check_int("batch_size", batch_size, 1)
     return n // batch_size if drop_last else -(-n // batch_size)

@@ -39,6 +39,15 @@ def check_straddle(straddle):
         raise TypeError(f"straddle must be True or False, got {straddle!r}")
 
 
+def check_shape(shape, name="shape"):
+    """A weight shape: a tuple (or list) of ints >= 0."""
+    if isinstance(shape, (str, bytes)) or not hasattr(shape, "__len__") or not all(
+            hasattr(s, "__index__") and not isinstance(s, bool) for s in shape):
+        raise TypeError(f"{name}={shape!r} must be a tuple of ints, e.g. w.shape")
+    if any(s < 0 for s in shape):
+        raise ValueError(f"{name}={tuple(shape)} has a negative size; pass the weight's shape, e.g. w.shape")
+
+
 def _axis_name(layout):
     return {"linear": "in_features (axis 1)", "conv": "Cin (axis 1)",
             "nchw_flatten": "Cin*prod(kernel) (the flattened axes 1..)"}[layout]
@@ -79,6 +88,7 @@ def axis_view(w, layout):
     (a, k // M, b) for linear / nchw_flatten equals ``to_groups`` order; for conv ``to_groups`` order is
     (a, b, k // M).
     """
+    check_array(w)
     check_layout(layout, w.ndim)
     if layout == "conv":
         return w.reshape(w.shape[0], w.shape[1], math.prod(w.shape[2:]))   # (Cout, Cin, prod(k))
@@ -116,6 +126,7 @@ def to_groups(w, m, layout="linear", straddle=False):
 def from_groups(groups, shape, layout="linear"):
     """(G, M) groups -> weight of ``shape``: the exact inverse of ``to_groups`` (straddling groups too)."""
     check_array(groups, "groups")
+    check_shape(shape)
     check_layout(layout, len(shape))
     xp = array_module(groups)
     if groups.size != math.prod(shape):
@@ -131,6 +142,12 @@ def _index(idx):
 
 def group_position(shape, m, layout, g, straddle=False, name="weight"):
     """Where group ``g`` (the to_groups row) sits in the weight, as an index a reader can paste."""
+    check_shape(shape)
+    check_divisible(shape, m, layout, straddle)
+    n_groups = math.prod(shape) // m
+    if isinstance(g, bool) or not hasattr(g, "__index__") or not 0 <= g < n_groups:
+        raise ValueError(f"g={g!r} must be a group index in [0, {n_groups}) (the to_groups row) for a weight of "
+                         f"shape {tuple(shape)} in groups of m={m}")
     view = grouped_shape(shape, layout)
     k = view[-1]
     start = g * m

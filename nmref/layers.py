@@ -12,10 +12,11 @@ convolution one matmul, and the output is an NCHW view of channels-last memory, 
 layers after it keep (NumPy ufuncs follow the input's memory order).
 """
 import math
+import numbers
 
 import numpy as np
 
-from .backend import array_module, device_of, to_device
+from .backend import array_module, check_array, device_of, to_device
 from .groups import check_layout
 from .params import Param
 from .sparsity import Dense
@@ -23,8 +24,9 @@ from .sparsity import Dense
 
 # ---------------------------------------------------------------- argument checks
 def _pair(value, name, layer):
-    pair = (value, value) if isinstance(value, (int, np.integer)) else tuple(value)
-    if len(pair) != 2 or not all(isinstance(v, (int, np.integer)) for v in pair):
+    is_int = lambda v: isinstance(v, (int, np.integer)) and not isinstance(v, bool)    # noqa: E731
+    pair = (value, value) if is_int(value) else tuple(value) if isinstance(value, (tuple, list)) else (value,)
+    if len(pair) != 2 or not all(is_int(v) for v in pair):
         raise TypeError(f"{layer} {name} must be an int or a pair of ints, got {value!r}")
     return tuple(int(v) for v in pair)
 
@@ -39,6 +41,7 @@ def _check_geometry(layer, kernel, stride, padding):
 
 
 def _check_input(layer, x, ndim, layout, channels=None, dtype=None):
+    check_array(x, "x")
     if x.ndim != ndim:
         raise ValueError(f"{layer} expects a {ndim}-D input {layout}, got shape {tuple(x.shape)}")
     if channels is not None and x.shape[1] != channels:
@@ -210,6 +213,7 @@ class Layer:
     def _check_dy(self, dy):
         """backward needs what the last forward kept, and dy = dL/dy of that forward's output."""
         name = type(self).__name__
+        check_array(dy, "dy")
         if self._out_shape is None:
             raise RuntimeError(f"{name}.backward called before forward: run forward(x) first (backward uses what "
                                "the forward kept)")
@@ -364,7 +368,7 @@ class Conv1d(WeightLayer):
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True, method=None,
                  layout="conv", *, rng, dtype=np.float32):
         for name, v in (("kernel_size", kernel_size), ("stride", stride), ("padding", padding)):
-            if not isinstance(v, (int, np.integer)):
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
                 raise TypeError(f"Conv1d {name} must be an int, got {v!r}")
         _check_geometry("Conv1d", (kernel_size,), (stride,), (padding,))
         self.in_channels = _check_count("Conv1d", "in_channels", in_channels)
@@ -403,6 +407,11 @@ class BatchNorm(Layer):
     r = (1 - momentum) r + momentum * batch, with the unbiased variance; eval uses the running ones."""
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, dtype=np.float32):
+        for name, value in (("eps", eps), ("momentum", momentum)):
+            if isinstance(value, bool) or not isinstance(value, numbers.Real):
+                raise TypeError(f"BatchNorm {name}={value!r} must be a number")
+            if not math.isfinite(value):
+                raise ValueError(f"BatchNorm {name}={value} must be finite")
         if not 0.0 <= momentum <= 1.0:
             raise ValueError(f"BatchNorm momentum={momentum} must be in [0, 1]")
         if eps <= 0:
@@ -416,6 +425,7 @@ class BatchNorm(Layer):
         self.running_var = np.ones(num_features, dtype=dtype)
 
     def forward(self, x, train=True):
+        check_array(x, "x")
         if x.ndim not in (2, 3, 4):
             raise ValueError(f"BatchNorm expects a 2-D (N, C), 3-D (N, C, L) or 4-D (N, C, H, W) input, "
                              f"got shape {tuple(x.shape)}")
@@ -523,7 +533,7 @@ class MaxPool1d(Layer):
     def __init__(self, kernel_size, stride=None):
         stride = kernel_size if stride is None else stride
         for name, v in (("kernel_size", kernel_size), ("stride", stride)):
-            if not isinstance(v, (int, np.integer)):
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
                 raise TypeError(f"MaxPool1d {name} must be an int, got {v!r}")
         _check_geometry("MaxPool1d", (kernel_size,), (stride,), (0,))
         self.kernel_size, self.stride = int(kernel_size), int(stride)
@@ -546,6 +556,7 @@ class GlobalAvgPool(Layer):
     """(N, C, *spatial) -> (N, C): the mean over every spatial axis."""
 
     def forward(self, x, train=True):
+        check_array(x, "x")
         if x.ndim < 3:
             raise ValueError(f"GlobalAvgPool expects (N, C, *spatial) with at least one spatial axis, "
                              f"got shape {tuple(x.shape)}")
@@ -564,6 +575,9 @@ class Flatten(Layer):
     """(N, ...) -> (N, prod(...)) in C order (PyTorch's flatten of NCHW)."""
 
     def forward(self, x, train=True):
+        check_array(x, "x")
+        if x.ndim < 1:
+            raise ValueError(f"Flatten expects (N, ...) with a batch axis, got shape {tuple(x.shape)}")
         self._shape = x.shape
         return self._forwarded(x.reshape(x.shape[0], -1))
 
@@ -622,6 +636,9 @@ class Sequential(Container):
 
     def __init__(self, *layers):
         for i, layer in enumerate(layers):
+            if isinstance(layer, type):
+                raise TypeError(f"Sequential argument {i} is the class {layer.__name__}, not a layer; "
+                                f"pass an instance: {layer.__name__}(...)")
             if not hasattr(layer, "forward") or not hasattr(layer, "backward"):
                 raise TypeError(f"Sequential argument {i} is a {type(layer).__name__}, not a layer")
         self.layers = list(layers)

@@ -27,9 +27,9 @@ from functools import lru_cache
 
 import numpy as np
 
-from .backend import array_module, to_device, to_host
+from .backend import array_module, check_array, to_device, to_host
 from .groups import check_straddle, from_groups, to_groups
-from .masks import check_pattern
+from .masks import check_float, check_pattern
 from .params import Param
 from .sparsity import Method, masked_grad
 
@@ -103,6 +103,10 @@ def init_scores(n_groups, n, m, like=None):
     """alpha (G, C) filled with 1 / C(M-1, N-1), so alpha @ I = 1 at every position: training starts dense.
     dtype and array module are those of ``like`` (default float64 NumPy)."""
     check_pattern(n, m)
+    if isinstance(n_groups, bool) or not isinstance(n_groups, (int, np.integer)) or n_groups < 0:
+        raise ValueError(f"n_groups={n_groups!r} must be an int >= 0 (the number of N:M groups, w.size // m)")
+    if like is not None:
+        check_float(like, "like")
     xp = array_module(like)
     dtype = like.dtype if like is not None else np.float64
     c = len(combinations(n, m))
@@ -123,6 +127,8 @@ def _chunk_rows(n_cols, chunk):
 
 
 def _check_scores(alpha, alive, table):
+    for name, a in (("alpha", alpha), ("alive", alive), ("table", table)):
+        check_array(a, name)
     if alpha.ndim != 2 or alive.shape != alpha.shape:
         raise ValueError(f"alpha {tuple(alpha.shape)} and alive {tuple(alive.shape)} must both be (G, C)")
     if alive.dtype != bool:
@@ -133,6 +139,7 @@ def _check_scores(alpha, alive, table):
 
 def mask_from_scores_reference(alpha, alive, table):
     """E = ((alpha * alive) @ I) != 0, the definition (one (G, C) temporary)."""
+    _check_scores(alpha, alive, table)
     return ((alpha * alive) @ _table_like(table, alpha)) != 0                    # (G, M)
 
 
@@ -163,6 +170,8 @@ def score_grad(g_groups, w_groups, alive, table, out=None, chunk=None):
 
     g_groups = dL/dW~ and w_groups = W as (G, M) groups; written into ``out`` when given (same dtype).
     """
+    for name, a in (("g_groups", g_groups), ("w_groups", w_groups), ("alive", alive), ("table", table)):
+        check_array(a, name)
     if g_groups.ndim != 2 or g_groups.shape != w_groups.shape or alive.shape[:1] != g_groups.shape[:1]:
         raise ValueError(f"g_groups {tuple(g_groups.shape)}, w_groups {tuple(w_groups.shape)} must be the same "
                          f"(G, M) and alive {tuple(alive.shape)} (G, C)")
@@ -258,6 +267,8 @@ def remove_lowest(alpha, alive, k, mode="strict", momentum=None, chunk=None):
     -1000, a case its schedule never reaches). Removed scores become +0.0. Returns the removed (G, C) bool.
     """
     check_mode(mode)
+    check_float(alpha, "alpha")
+    check_array(alive, "alive")
     xp = array_module(alpha)
     if alive.shape != alpha.shape or alive.dtype != bool:
         raise ValueError(f"alive must be a boolean array of alpha's shape {tuple(alpha.shape)}")
@@ -302,6 +313,9 @@ class LBC(Method):
         check_schedule(t_i, t_i + 1 if t_f is None else t_f, power)
         check_mode(removal)
         _check_number("score_weight_decay", score_weight_decay)
+        if score_weight_decay < 0:
+            raise ValueError(f"score_weight_decay={score_weight_decay} must be >= 0 (the scores' weight decay, "
+                             "default 1e-4)")
         self.t_i, self.t_f, self.power, self.removal = t_i, t_f, power, removal
         self.score_weight_decay = score_weight_decay
         check_straddle(straddle)

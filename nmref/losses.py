@@ -1,8 +1,13 @@
 """Losses returning (loss, gradient with respect to their input), and accuracy."""
-from .backend import array_module
+import math
+import numbers
+
+from .backend import array_module, check_array
 
 
 def _check_logits_labels(logits, labels):
+    check_array(logits, "logits")
+    check_array(labels, "labels")
     xp = array_module(logits)
     if logits.ndim != 2:
         raise ValueError(f"logits must be 2-D (batch, classes), got shape {tuple(logits.shape)}")
@@ -29,6 +34,9 @@ def softmax_cross_entropy(logits, labels, label_smoothing=0.0):
     (torch.nn.functional.cross_entropy); returns (loss, dL/dz = (softmax(z) - q) / B).
 
     logits (B, K) float, labels (B,) int. The loss is a 0-d array of the logits' dtype (float(loss) for a number)."""
+    if (isinstance(label_smoothing, bool) or not isinstance(label_smoothing, numbers.Real)
+            or not math.isfinite(label_smoothing)):
+        raise TypeError(f"label_smoothing={label_smoothing!r} must be a number in [0, 1]")
     if not 0.0 <= label_smoothing <= 1.0:
         raise ValueError(f"label_smoothing={label_smoothing} must be in [0, 1]")
     _check_logits_labels(logits, labels)
@@ -59,10 +67,14 @@ def accuracy(logits, labels):
 
 def mse_loss(y, target):
     """mean((y - t)^2) over every element; returns (loss, dL/dy = 2 (y - t) / y.size)."""
+    check_array(y, "y")
+    check_array(target, "target")
     if y.shape != target.shape:
         raise ValueError(f"mse_loss: y has shape {tuple(y.shape)} but target has {tuple(target.shape)}; "
                          "they must match (no broadcasting)")
     if y.dtype != target.dtype:
         raise TypeError(f"mse_loss: y is {y.dtype} but target is {target.dtype}; cast target to {y.dtype}")
+    if y.size == 0:
+        raise ValueError(f"mse_loss: y is empty (shape {tuple(y.shape)}); the mean of no elements is undefined")
     diff = y - target
     return (diff * diff).mean(), diff * (2.0 / diff.size)

@@ -13,7 +13,7 @@ import numpy as np
 
 from . import kernels
 from .backend import array_module, check_array, is_gpu_array, to_host
-from .groups import (axis_view, check_divisible, check_layout, check_m, from_groups, group_position,
+from .groups import (axis_view, check_divisible, check_layout, check_m, check_shape, from_groups, group_position,
                      grouped_axis_length, grouped_shape, to_groups)
 
 BACKENDS = ("auto", "numpy", "numba", "cupy")
@@ -66,6 +66,7 @@ def nm_mask_reference(w, n, m, layout="linear", straddle=False):
 
 def pick_backend(w, backend="auto"):
     """The mask backend for ``w``: "auto" is CuPy for CuPy arrays, Numba (else the reference) for NumPy."""
+    check_array(w)
     if backend not in BACKENDS:
         raise ValueError(f"backend={backend!r} is not one of {BACKENDS}")
     on_gpu = is_gpu_array(w)
@@ -142,10 +143,13 @@ def compress_nm(w, n, m, layout="linear", mask=None):
     check_pattern(n, m)
     if m > 256:
         raise ValueError(f"m={m} does not fit uint8 indices; compress_nm supports m <= 256")
+    check_array(w)
     xp = array_module(w)
     if mask is None:
         mask = nm_mask(w, n, m, layout)
-    elif tuple(mask.shape) != tuple(w.shape) or mask.dtype != bool:
+    else:
+        check_array(mask, "mask")
+    if tuple(mask.shape) != tuple(w.shape) or mask.dtype != bool:
         raise ValueError(f"mask must be a bool array of w's shape {tuple(w.shape)}, got "
                          f"{mask.dtype} {tuple(mask.shape)}")
     groups = to_groups(w, m, layout)                                                # (G, M)
@@ -161,6 +165,9 @@ def compress_nm(w, n, m, layout="linear", mask=None):
 def decompress_nm(values, indices, n, m, shape, layout="linear"):
     """Dense weight of ``shape`` from ``compress_nm`` output (zeros at pruned positions): exact inverse."""
     check_pattern(n, m)
+    check_array(values, "values")
+    check_array(indices, "indices")
+    check_shape(shape)
     xp = array_module(values)
     shape = tuple(int(s) for s in shape)
     check_layout(layout, len(shape))
@@ -192,6 +199,7 @@ def _violations(w, n, m, layout, straddle):
 
 
 def _check_transposable(w, m, layout):
+    check_array(w)
     if layout != "linear" or w.ndim != 2:
         raise ValueError(f"transposable=True needs a 2-D (out, in) weight with layout='linear', got "
                          f"{w.ndim}-D with layout={layout!r}")

@@ -8,15 +8,27 @@ Per parameter, with g its gradient (PyTorch's rule, docs/algorithms.md section 6
   w = w - lr * d
 """
 import math
+import numbers
 
 import numpy as np
 
 from .backend import array_module, device_of, to_device, to_host
+from .params import Param
 
 GROUP_KEYS = ("lr", "momentum", "nesterov", "weight_decay")
 
 
+def _check_real(name, value, where=""):
+    """A hyper-parameter: a real, finite number (TypeError / ValueError naming it)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"SGD {name}={value!r} must be a number{where}")
+    if not math.isfinite(value):
+        raise ValueError(f"SGD {name}={value} must be finite{where}")
+
+
 def _check_hyper(lr, momentum, nesterov, weight_decay, where):
+    for name, value in (("lr", lr), ("momentum", momentum), ("weight_decay", weight_decay)):
+        _check_real(name, value, where)
     if not lr >= 0:
         raise ValueError(f"SGD lr={lr} must be >= 0{where}")
     if not 0 <= momentum < 1:
@@ -32,6 +44,9 @@ class SGD:
     "momentum": ..., "nesterov": ..., "weight_decay": ...} overriding the defaults given here."""
 
     def __init__(self, groups, lr, momentum=0.0, nesterov=False, weight_decay=0.0):
+        if isinstance(groups, (Param, dict)):
+            raise TypeError(f"SGD groups must be a list of Params or of dicts, got one {type(groups).__name__}; "
+                            "wrap it in a list, e.g. SGD([param], lr=0.1) or SGD(model.params(), lr=0.1)")
         groups = list(groups)
         if not groups:
             raise ValueError("SGD got an empty parameter list")
@@ -42,12 +57,17 @@ class SGD:
         for i, given in enumerate(groups):
             if not isinstance(given, dict):
                 raise TypeError(f"SGD groups must be all Params or all dicts, group {i} is a {type(given).__name__}")
+            if isinstance(given.get("params"), Param):
+                raise TypeError(f"SGD group {i}'s params is one Param; give a list: {{'params': [param], ...}}")
             unknown = set(given) - {"params", *GROUP_KEYS}
             if unknown:
                 raise ValueError(f"SGD group {i} has unknown keys {sorted(unknown)}; allowed: params, {GROUP_KEYS}")
             group = {**defaults, **given, "params": list(given.get("params", []))}
             _check_hyper(group["lr"], group["momentum"], group["nesterov"], group["weight_decay"], f" (group {i})")
             for p in group["params"]:
+                if not isinstance(p, Param):
+                    raise TypeError(f"SGD group {i} holds a {type(p).__name__}, not a Param; pass model.params() "
+                                    "(or wrap an array: Param(array, name))")
                 if id(p) in seen:
                     raise ValueError(f"Param {p.name!r} appears in more than one SGD group")
                 seen.add(id(p))
@@ -60,6 +80,7 @@ class SGD:
 
     def set_lr_scale(self, factor):
         """Every group's lr = its base lr * factor (the schedules below return the factor)."""
+        _check_real("lr scale factor", factor)
         if not factor >= 0:
             raise ValueError(f"lr scale factor={factor} must be >= 0")
         self.lr_scale = float(factor)
@@ -133,6 +154,10 @@ def param_groups(params, overrides=None):
 
 # ---------------------------------------------------------------- schedules: factor(step) in [0, 1]
 def _check_step(step, total_steps=None):
+    for name, value in (("step", step), ("total_steps", total_steps)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Real)
+                                  or not math.isfinite(value)):
+            raise TypeError(f"{name}={value!r} must be a finite number (an iteration count)")
     if step < 0:
         raise ValueError(f"step={step} must be >= 0")
     if total_steps is not None and total_steps < 1:

@@ -1,5 +1,5 @@
 """A trainable tensor: value, gradient and the optimizer group it belongs to."""
-from .backend import array_module
+from .backend import array_module, check_array
 
 
 class Param:
@@ -7,6 +7,7 @@ class Param:
     ``state`` is the optimizer's per-parameter state (``state["momentum"]``), reachable by sparsity methods."""
 
     def __init__(self, value, name="", group="weights"):
+        check_array(value, "value")
         self.value = value
         self.grad = array_module(value).zeros_like(value)
         self.name = name

@@ -11,7 +11,8 @@ steps, i.e. the mean fraction of weights flipping per step). Per-layer keys are 
 """
 import numpy as np
 
-from .backend import array_module, to_host
+from .backend import array_module, check_array, to_host
+from .groups import check_shape
 
 
 def _check_mask(mask, name):
@@ -44,12 +45,18 @@ def sad(mask_a, mask_b):
 
 def pack(mask):
     """Host bit-packed copy of a boolean mask (8 weights a byte)."""
+    _check_mask(mask, "mask")
     return np.packbits(to_host(mask).ravel())
 
 
 def unpack(packed, shape):
     """Inverse of ``pack``: a host boolean mask of ``shape``."""
+    check_array(packed, "packed")
+    check_shape(shape)
     size = int(np.prod(shape))
+    if packed.dtype != np.uint8 or packed.size != -(-size // 8):
+        raise ValueError(f"packed ({packed.dtype}, {packed.size} bytes) does not hold a mask of shape {tuple(shape)} "
+                         f"({-(-size // 8)} uint8 bytes); pass pack(mask) and that mask's shape")
     return np.unpackbits(packed, count=size).astype(bool).reshape(shape)
 
 
@@ -79,13 +86,23 @@ class SADTracker:
             raise TypeError("named_masks must be a non-empty dict layer name -> boolean mask")
         for name, mask in named_masks.items():
             _check_mask(mask, f"mask of layer {name!r}")
+            if first and mask.size == 0:
+                raise ValueError(f"mask of layer {name!r} is empty (shape {tuple(mask.shape)}): SAD of a layer "
+                                 "without weights is undefined; leave it out")
         if first:
             return
-        if self.shapes is None:
-            raise RuntimeError("call SADTracker.start(masks) with the initial masks before step / end_epoch")
+        self._require_started()
         if set(named_masks) != set(self.shapes):
             raise ValueError(f"layers {sorted(named_masks)} differ from those given to start: "
                              f"{sorted(self.shapes)}")
+        for name, mask in named_masks.items():
+            if tuple(mask.shape) != self.shapes[name]:
+                raise ValueError(f"mask of layer {name!r} has shape {tuple(mask.shape)}, start had "
+                                 f"{self.shapes[name]}: SAD compares the same weight at two moments")
+
+    def _require_started(self):
+        if self.shapes is None:
+            raise RuntimeError("call SADTracker.start(masks) with the initial masks before step / end_epoch")
 
     def step(self, named_masks):
         """Add the flips between this step's forward masks and the previous step's."""
@@ -130,9 +147,14 @@ class SADTracker:
 
     def epoch_masks(self, epoch):
         """The last forward masks of an ended epoch, unpacked on the host: dict name -> bool array."""
+        self._require_started()
+        ended = len(self.epoch_ends)
+        if isinstance(epoch, bool) or not hasattr(epoch, "__index__") or not 0 <= epoch < ended:
+            raise ValueError(f"epoch={epoch!r} must be an ended epoch, an int in [0, {ended}) (end_epoch() ends one)")
         return {k: unpack(v, self.shapes[k]) for k, v in self.epoch_ends[epoch].items()}
 
     def initial_masks(self):
+        self._require_started()
         return {k: unpack(v, self.shapes[k]) for k, v in self.init.items()}
 
     def _packed_flips(self, packed_a, packed_b):

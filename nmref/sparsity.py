@@ -129,7 +129,12 @@ class STE(Method):
         return w * self.mask
 
     def weight_grad(self, g, w):
+        self._require_forward()
         return ste_grad(g, w, self.mask)
+
+    def _require_forward(self):
+        if self.mask is None:
+            raise RuntimeError(f"{self!r}.weight_grad needs the mask of a forward: call masked(w) first")
 
     def density(self):
         return self.n / self.m if self.mask is None else super().density()
@@ -153,6 +158,7 @@ class SRSTE(STE):
         self.lam = check_lam(lam)
 
     def weight_grad(self, g, w):
+        self._require_forward()
         return srste_grad(g, w, self.mask, self.lam)
 
     def __repr__(self):
@@ -197,6 +203,9 @@ class Fixed(STE):
 
     def fix(self, w=None):
         """Compute the mask once from ``w`` (default: the bound weight's current value) and keep it."""
+        if w is None and self.weight is None:
+            raise RuntimeError(f"{self!r}.fix() without w needs a bound weight: call bind(param, layout) first "
+                               "or pass the weight, fix(w)")
         w = self.weight.value if w is None else w
         self.fixed_mask = self.nm_mask(w)                            # like w, bool
         return self

@@ -180,11 +180,26 @@ def validate(config, need_data=True):
         _fail("init_from", c.init_from, "no such file; give a checkpoint.npz written by nmref train")
     if c.resume and c.overwrite:
         _fail("overwrite", True, "cannot be combined with resume")
+    _check_out(c.out)
     try:
         method_factory(c)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"method {c.method!r}: {exc}") from None
     _check_schedule_fits(c)
+
+
+def _check_out(out):
+    """The run directory must be a folder or creatable as one: no file on its path."""
+    if out is None:
+        return
+    path = Path(out).absolute()
+    for parent in (path, *path.parents):
+        if parent.exists():
+            if not parent.is_dir():
+                what = ("is not a folder" if parent == path else
+                        f"lies under {os.fspath(parent)}, which is not a folder")
+                _fail("out", os.fspath(out), f"{what}; give a run directory (--out DIR)")
+            return
 
 
 def _check_schedule_fits(c):

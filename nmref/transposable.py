@@ -11,14 +11,29 @@ Measured on a 1024x1024 Gaussian weight (benchmarks/bench_masks.py): greedy keep
 6.0% less than the plain (row-only) N:M mask.
 """
 from . import masks
-from .backend import array_module
+from .backend import array_module, check_array
+from .groups import check_m
 
 METHODS = ("exact", "greedy")
 BLOCK_CHUNK = 1 << 14                   # blocks solved together (bounds the temporaries)
 
 
+def _check_blocks(a, n):
+    """a: (B, m, m) scores, n kept per row and column (1 <= n <= m)."""
+    check_array(a, "a")
+    if a.ndim != 3 or a.shape[1] != a.shape[2]:
+        raise ValueError(f"a must be (B, m, m) blocks of scores, got shape {tuple(a.shape)}; build them with "
+                         "to_blocks(abs(w), m)")
+    masks.check_pattern(n, a.shape[2])
+
+
 def to_blocks(a, m):
     """(R, C) -> (R/m * C/m, m, m) blocks in row-major block order."""
+    check_array(a, "a")
+    check_m(m)
+    if a.ndim != 2 or a.shape[0] % m or a.shape[1] % m:
+        raise ValueError(f"to_blocks needs a 2-D array with both dims divisible by m={m}, got shape "
+                         f"{tuple(a.shape)}; pad it or choose another m")
     r, c = a.shape
     return a.reshape(r // m, m, c // m, m).transpose(0, 2, 1, 3).reshape(-1, m, m)
 
@@ -76,6 +91,7 @@ def _augment(keep, a, n, tol):
 
 def exact_blocks(a, n):
     """(B, m, m) scores -> (B, m, m) keep: n per row and column, maximising the kept sum (min-cost flow)."""
+    _check_blocks(a, n)
     xp = array_module(a)
     nb, m, _ = a.shape
     keep = xp.zeros(a.shape, dtype=bool)                                            # (B, m, m)
@@ -90,6 +106,7 @@ def exact_blocks(a, n):
 def greedy_blocks(a, n):
     """(B, m, m) scores -> keep: entries in descending score while row and column have room; blocks left
     short are completed by best 3-edge swaps (``_repair``), the rare rest solved exactly."""
+    _check_blocks(a, n)
     xp = array_module(a)
     nb, m, _ = a.shape
     order = xp.argsort(-a.reshape(nb, m * m), axis=1, kind="stable")               # (B, m*m)
@@ -147,6 +164,7 @@ def nm_mask_transposable(w, n, m, method="exact"):
     masks.check_pattern(n, m)
     if method not in METHODS:
         raise ValueError(f"method={method!r} is not one of {METHODS}")
+    masks.check_float(w)
     if w.ndim != 2:
         raise ValueError(f"transposable masks need a 2-D (out, in) weight, got shape {tuple(w.shape)}")
     if w.shape[0] % m or w.shape[1] % m:

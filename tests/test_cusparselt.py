@@ -438,3 +438,10 @@ def test_linear_layer_switches_to_cusparselt_for_inference(cp):
     assert y.shape == (10, 32) and y.dtype == np.float32
     assert rel(cp.asnumpy(y), expected) < 2e-3       # fp16 weights and inputs; fp32 reference
     sparse.close()
+
+
+def test_check_batch_names_a_bad_dtype_or_batch():
+    with pytest.raises(TypeError, match="dtype float32 is not supported by the 2:4 path"):
+        cslt.check_batch(8, "float32")                         # was: KeyError: 'float32'
+    with pytest.raises(TypeError, match="batch='8' must be an int"):
+        cslt.check_batch("8", "float16")

@@ -265,3 +265,22 @@ def test_batches_bad_arguments():
         next(data.batches(x, y, 0, shuffle=False))
     with pytest.raises(ValueError, match="5 samples but y has 4"):
         next(data.batches(x, y[:4], 2, shuffle=False))
+
+
+def test_sample_counts_and_batch_sizes_must_be_ints_in_range():
+    x, y = np.ones((10, 1, 2), np.float32), np.arange(10)
+    dataset = data.Dataset(x, y, x[:4], y[:4])
+    with pytest.raises(ValueError, match="train_samples=-3 must be >= 0"):
+        data.first_samples(dataset, -3)                       # was: all but the last 3 samples
+    with pytest.raises(TypeError, match="test_samples must be an int >= 0, got 2.5"):
+        data.first_samples(dataset, 0, 2.5)
+    with pytest.raises(ValueError, match="batch_size=0 must be >= 1"):
+        data.num_batches(10, 0)                               # was: ZeroDivisionError
+    with pytest.raises(ValueError, match="batch_size=-3 must be >= 1"):
+        data.num_batches(10, -3)                              # was: -3
+    with pytest.raises(TypeError, match="batch_size must be an int >= 1, got 2.5"):
+        list(data.batches(x, y, 2.5, shuffle=False))
+    with pytest.raises(TypeError, match="rng must be a np.random.Generator"):
+        list(data.batches(x, y, 2, rng=0))
+    with pytest.raises(TypeError, match="x is a list"):
+        list(data.batches(x.tolist(), y, 2, rng=np.random.default_rng(0)))

@@ -129,3 +129,22 @@ def test_group_position_names_the_conv_index():
     assert group_position((4, 8, 3, 3), 4, "conv", 5) == "weight[0, 4:8, 0, 2] (cout=0, Cin 4..7)"
     assert group_position((3, 8), 4, "linear", 3, name="fc") == "fc[1, 4:8]"
     assert "(straddling)" in group_position((4, 3, 3, 3), 4, "conv", 2, straddle=True)
+
+
+def test_group_position_rejects_a_group_outside_the_weight():
+    with pytest.raises(ValueError, match=r"g=8 must be a group index in \[0, 8\)"):
+        group_position((4, 8), 4, "linear", 8)
+    with pytest.raises(ValueError, match=r"g=-1 must be a group index"):
+        group_position((4, 8), 4, "linear", -1)
+    with pytest.raises(ValueError, match="m=0 must be >= 1"):
+        group_position((4, 8), 0, "linear", 0)
+
+
+def test_shapes_and_lists_raise_naming_the_argument():
+    w = np.ones((4, 8), np.float32)
+    with pytest.raises(TypeError, match=r"shape=32 must be a tuple of ints"):
+        from_groups(w.reshape(-1, 4), 32)
+    with pytest.raises(ValueError, match=r"shape=\(-4, -8\) has a negative size"):
+        from_groups(w.reshape(-1, 4), (-4, -8))
+    with pytest.raises(TypeError, match="w is a list; pass a NumPy or CuPy array"):
+        axis_view(w.tolist(), "linear")

@@ -597,3 +597,32 @@ def test_layers_on_cupy_match_numpy(dtype, rng):
         assert rel_err(grads_gpu[n], grads_cpu[n]) < tol, n
     for n in buf_cpu:
         assert rel_err(buf_gpu[n], buf_cpu[n]) < tol, n
+
+
+def test_lists_bools_and_bad_numbers_raise_naming_the_argument():
+    x = np.ones((3, 8), np.float32)
+    layer = Linear(8, 4, rng=0)
+    with pytest.raises(TypeError, match="x is a list; pass a NumPy or CuPy array"):
+        layer.forward(x.tolist())
+    layer.forward(x)
+    with pytest.raises(TypeError, match="dy is a list; pass a NumPy or CuPy array"):
+        layer.backward(np.ones((3, 4), np.float32).tolist())
+    for make in (lambda: BatchNorm(8), GlobalAvgPool, Flatten, lambda: MaxPool2d(2)):
+        with pytest.raises(TypeError, match="x is a list"):
+            make().forward([[[[1.0]]]])
+    with pytest.raises(ValueError, match="Flatten expects"):
+        Flatten().forward(np.array(1.0))
+    with pytest.raises(TypeError, match="kernel_size must be an int or a pair of ints, got True"):
+        Conv2d(4, 4, True, rng=0)                              # was: a 1x1 kernel
+    with pytest.raises(TypeError, match="kernel_size must be an int, got True"):
+        Conv1d(4, 4, True, rng=0)
+    with pytest.raises(TypeError, match="kernel_size must be an int or a pair of ints, got 3.0"):
+        Conv2d(4, 4, 3.0, rng=0)
+    with pytest.raises(ValueError, match="BatchNorm eps=nan must be finite"):
+        BatchNorm(4, eps=float("nan"))                         # was: NaN outputs
+    with pytest.raises(TypeError, match="BatchNorm momentum='0.1' must be a number"):
+        BatchNorm(4, momentum="0.1")
+    with pytest.raises(TypeError, match="the class ReLU, not a layer; pass an instance"):
+        Sequential(ReLU)
+    with pytest.raises(TypeError, match="value is a list"):
+        Param([1.0, 2.0])

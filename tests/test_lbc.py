@@ -522,3 +522,21 @@ def test_cupy_matches_numpy(rng):
     ties = rng.integers(-2, 3, alpha.shape).astype(np.float64)
     np.testing.assert_array_equal(lowest(cupy.asarray(ties), cupy.asarray(alive), 5).get(),
                                   lowest_reference(ties, alive, 5))
+
+
+def test_init_scores_and_array_arguments_are_checked():
+    with pytest.raises(TypeError, match="like must be a floating-point array"):
+        init_scores(2, 2, 4, like=np.ones(2, int))            # was: scores of 0 (1/3 cast to int)
+    with pytest.raises(ValueError, match="n_groups=-1 must be an int >= 0"):
+        init_scores(-1, 2, 4)
+    with pytest.raises(ValueError, match="score_weight_decay=-1 must be >= 0"):
+        LBC(2, 4, score_weight_decay=-1)
+    alpha = init_scores(8, 2, 4)
+    alive = np.ones(alpha.shape, bool)
+    table = combinations(2, 4)
+    with pytest.raises(TypeError, match="alpha is a list"):
+        mask_from_scores(alpha.tolist(), alive, table)
+    with pytest.raises(TypeError, match="g_groups is a list"):
+        score_grad(np.ones((8, 4)).tolist(), np.ones((8, 4)), alive, table)
+    with pytest.raises(TypeError, match="alpha must be a floating-point array"):
+        remove_lowest(np.ones((8, 6), int), alive, 2)

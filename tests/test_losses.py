@@ -102,3 +102,17 @@ def test_mse_rejects_mismatched_inputs(rng):
         mse_loss(np.zeros((2, 3)), np.zeros((3,)))
     with pytest.raises(TypeError, match="cast target to float32"):
         mse_loss(np.zeros(3, np.float32), np.zeros(3))
+
+
+def test_lists_and_bad_options_raise_naming_the_argument():
+    logits, labels = np.zeros((2, 3), np.float32), np.array([0, 1])
+    with pytest.raises(TypeError, match="logits is a list"):
+        softmax_cross_entropy(logits.tolist(), labels)
+    with pytest.raises(TypeError, match="labels is a list"):
+        accuracy(logits, [0, 1])
+    with pytest.raises(TypeError, match="label_smoothing='0.1' must be a number"):
+        softmax_cross_entropy(logits, labels, "0.1")
+    with pytest.raises(TypeError, match="y is a list"):
+        mse_loss([1.0], np.ones(1))
+    with pytest.raises(ValueError, match="y is empty"):
+        mse_loss(np.ones(0), np.ones(0))

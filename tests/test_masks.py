@@ -347,3 +347,20 @@ def test_compress_the_largest_group_uint8_indices_hold():
     assert np.array_equal(decompress_nm(values, indices, 3, 256, w.shape), w * nm_mask(w, 3, 256))
     with pytest.raises(ValueError, match="m <= 256"):
         compress_nm(w, 1, 512)
+
+
+def test_list_arguments_raise_a_clear_type_error_everywhere():
+    w = np.random.default_rng(0).standard_normal((4, 8)).astype(np.float32)
+    mask = nm_mask(w, 2, 4)
+    values, indices = compress_nm(w, 2, 4)
+    cases = [(lambda: is_nm(w.tolist(), 2, 4, transposable=True), "w is a list"),
+             (lambda: check_nm(w.tolist(), 2, 4, transposable=True), "w is a list"),
+             (lambda: compress_nm(w, 2, 4, mask=mask.tolist()), "mask is a list"),
+             (lambda: compress_nm(w.tolist(), 2, 4, mask=mask), "w is a list"),
+             (lambda: decompress_nm(values.tolist(), indices, 2, 4, w.shape), "values is a list"),
+             (lambda: decompress_nm(values, indices.tolist(), 2, 4, w.shape), "indices is a list"),
+             (lambda: decompress_nm(values, indices, 2, 4, 32), r"shape=32 must be a tuple of ints"),
+             (lambda: nmref.masks.pick_backend(w.tolist()), "w is a list")]
+    for call, match in cases:
+        with pytest.raises(TypeError, match=match):
+            call()

@@ -162,7 +162,7 @@ def test_sgd_rejects_bad_hyperparameters(rng):
         SGD(params, lr=0.1, nesterov=True)
     with pytest.raises(ValueError, match="weight_decay=-1 must be >= 0"):
         SGD(params, lr=0.1, weight_decay=-1)
-    with pytest.raises(ValueError, match=r"lr=nan must be >= 0"):
+    with pytest.raises(ValueError, match=r"lr=nan must be finite"):
         SGD(params, lr=float("nan"))
     with pytest.raises(ValueError, match=r"lr=-1 must be >= 0 \(group 1\)"):
         SGD([{"params": params[:1]}, {"params": params[1:], "lr": -1}], lr=0.1)
@@ -241,3 +241,23 @@ def test_a_fresh_param_has_a_zero_gradient_and_seeded_generators_repeat():
     SGD([p], lr=0.1, momentum=0.9).step()                                     # no gradient yet: no change
     assert (p.value == 7.0).all()
     assert np.array_equal(nmref.rng(3).random(4), nmref.rng(3).random(4))
+
+
+def test_hyper_parameters_must_be_finite_numbers_and_params_params():
+    p = Param(np.ones(3), name="p")
+    with pytest.raises(ValueError, match=r"SGD lr=inf must be finite"):
+        SGD([p], lr=float("inf"))
+    with pytest.raises(ValueError, match=r"SGD weight_decay=inf must be finite"):
+        SGD([p], lr=0.1, weight_decay=float("inf"))
+    with pytest.raises(TypeError, match=r"SGD lr='0.1' must be a number"):
+        SGD([p], lr="0.1")
+    with pytest.raises(ValueError, match=r"lr scale factor=inf must be finite"):
+        SGD([p], lr=0.1).set_lr_scale(float("inf"))
+    with pytest.raises(TypeError, match="holds a ndarray, not a Param"):
+        SGD([np.ones(3)], lr=0.1)
+    with pytest.raises(TypeError, match="got one Param; wrap it in a list"):
+        SGD(p, lr=0.1)
+    with pytest.raises(TypeError, match="params is one Param; give a list"):
+        SGD([{"params": p}], lr=0.1)
+    with pytest.raises(TypeError, match="step=nan must be a finite number"):
+        warmup_cosine(float("nan"), 10, 2)

@@ -196,7 +196,7 @@ def test_tracker_bad_use(rng):
     tracker.start(masks)
     with pytest.raises(ValueError, match="differ"):
         tracker.step({"fc1.weight": masks["fc1.weight"]})
-    with pytest.raises(ValueError, match="different shapes"):
+    with pytest.raises(ValueError, match=r"has shape \(8, 6\), start had \(6, 8\)"):
         tracker.step({**masks, "fc1.weight": masks["fc1.weight"].T.copy()})
     with pytest.raises(TypeError, match="boolean"):
         tracker.step({k: v.astype(np.float32) for k, v in masks.items()})
@@ -214,3 +214,34 @@ def test_sad_and_tracker_on_cupy(rng):
     assert sad(cupy.asarray(a), cupy.asarray(b)) == sad(a, b)
     rows = run_tracker(SADTracker(), on_gpu(init), [[on_gpu(m) for m in ep] for ep in epochs])
     assert rows == expected_metrics(init, epochs)[0]
+
+
+def test_unpack_refuses_a_shape_the_packed_bytes_do_not_hold():
+    mask = np.arange(32).reshape(4, 8) % 3 == 0
+    packed = pack(mask)
+    assert (unpack(packed, mask.shape) == mask).all()
+    for shape in ((100, 100), (8,)):
+        with pytest.raises(ValueError, match="does not hold a mask of shape"):
+            unpack(packed, shape)
+    with pytest.raises(ValueError, match="negative size"):
+        unpack(packed, (-1,))
+    with pytest.raises(TypeError, match="mask must be a boolean mask"):
+        pack(np.array([2, 0, 3]))
+
+
+def test_tracker_misuse_raises_clearly():
+    mask = np.ones((4, 8), bool)
+    with pytest.raises(RuntimeError, match="call SADTracker.start"):
+        SADTracker().initial_masks()
+    with pytest.raises(RuntimeError, match="call SADTracker.start"):
+        SADTracker().epoch_masks(0)
+    with pytest.raises(ValueError, match="is empty"):
+        SADTracker().start({"a": np.zeros(0, bool)})
+    tracker = SADTracker()
+    tracker.start({"a": mask})
+    tracker.step({"a": mask})
+    tracker.end_epoch()
+    with pytest.raises(ValueError, match=r"epoch=1 must be an ended epoch, an int in \[0, 1\)"):
+        tracker.epoch_masks(1)
+    with pytest.raises(ValueError, match=r"mask of layer 'a' has shape \(2, 8\), start had \(4, 8\)"):
+        tracker.vs_final({"a": mask[:2]})

@@ -343,3 +343,13 @@ def test_srste_training_matches_independent_pytorch(kind):
 
 def rel(a, b):
     return np.linalg.norm(a - b) / np.linalg.norm(b)
+
+
+def test_using_a_method_out_of_order_raises_runtime_error():
+    w = np.ones((4, 8), np.float32)
+    for method in (STE(2, 4), SRSTE(2, 4)):
+        method.bind(Param(w), "linear")
+        with pytest.raises(RuntimeError, match=r"weight_grad needs the mask of a forward: call masked\(w\) first"):
+            method.weight_grad(w, w)
+    with pytest.raises(RuntimeError, match=r"fix\(\) without w needs a bound weight"):
+        Fixed(2, 4).fix()

@@ -356,3 +356,12 @@ def test_train_and_test_subsets(tmp_path):
         train(TrainConfig(out=str(tmp_path / "big"), epochs=1, train_samples=len(full.y_train) + 1, progress=False))
     with pytest.raises(ConfigError, match="test_samples"):
         TrainConfig(test_samples=-1).resolved()
+
+
+def test_out_on_a_file_path_is_a_config_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(ConfigError, match="out=.*is not a folder"):
+        TrainConfig(out=str(blocker)).resolved(need_data=False)
+    with pytest.raises(ConfigError, match="out=.*lies under .*which is not a folder"):
+        TrainConfig(out=str(blocker / "run")).resolved(need_data=False)

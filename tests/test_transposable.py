@@ -146,3 +146,16 @@ def test_repair_picks_the_swap_that_gains_most_net_of_the_weight_it_drops():
     assert not transposable._repair(keep, scores, 2).any()
     assert keep[0, 1, 1] and keep[0, 3, 1] and not keep[0, 0, 1]   # add (3, 1), drop (0, 1), add (0, 3)
     assert (scores * keep).sum() == 21.0
+
+
+def test_bad_inputs_raise_naming_the_argument():
+    w = np.ones((8, 8), np.float32)
+    with pytest.raises(TypeError, match="w is a list; pass a NumPy or CuPy array"):
+        nm_mask_transposable(w.tolist(), 2, 4)
+    with pytest.raises(ValueError, match=r"to_blocks needs a 2-D array with both dims divisible by m=4"):
+        to_blocks(np.ones((6, 8)), 4)
+    for solve in (exact_blocks, greedy_blocks):
+        with pytest.raises(ValueError, match=r"n=5 kept out of m=4 is impossible"):
+            solve(np.ones((1, 4, 4)), 5)
+        with pytest.raises(ValueError, match=r"a must be \(B, m, m\) blocks"):
+            solve(np.ones((1, 4, 3)), 2)
