@@ -181,9 +181,16 @@ def load_npz(file, keys):
     except Exception as exc:
         raise DataError(f"{file}: not a readable .npz ({exc}); expected arrays {', '.join(keys)}") from exc
     x_train, y_train, x_test, y_test = arrays
-    for x, y, split in ((x_train, y_train, "train"), (x_test, y_test, "test")):
+    for (x, y), (x_key, y_key) in zip(((x_train, y_train), (x_test, y_test)), (keys[:2], keys[2:])):
         if len(x) != len(y):
-            raise DataError(f"{file}: {split} has {len(x)} inputs but {len(y)} labels")
+            raise DataError(f"{file}: {x_key} has {len(x)} inputs but {y_key} has {len(y)} labels")
+        if x.dtype.kind not in "biuf" or not np.isfinite(x).all():
+            raise DataError(f"{file}: {x_key} must hold finite real numbers (dtype {x.dtype}"
+                            f"{'' if x.dtype.kind not in 'biuf' else ', NaN or inf found'}); clean the inputs")
+        if y.ndim != 1 or y.dtype.kind not in "biuf" or (y.dtype.kind == "f" and not (y == np.round(y)).all()) \
+                or (y.size and y.min() < 0):
+            raise DataError(f"{file}: {y_key} must be a 1-D array of class indices 0, 1, 2, ... (got dtype "
+                            f"{y.dtype}, shape {y.shape}); one-hot labels: y.argmax(axis=1)")
     return Dataset(x_train.astype(np.float32), y_train.astype(np.int64),
                    x_test.astype(np.float32), y_test.astype(np.int64))
 

@@ -77,6 +77,28 @@ def test_mnist1d_from_a_given_npz(cache, tmp_path):
         data.load("mnist1d", path=tmp_path)
 
 
+@pytest.mark.parametrize("change, match", [
+    (lambda a: a.update(y=a["y"][:-1]), "x has 160 inputs but y has 159 labels"),
+    (lambda a: a["x_test"].__setitem__((3, 5), np.nan), "x_test must hold finite real numbers.*NaN or inf"),
+    (lambda a: a.update(x=a["x"].astype(str)), "x must hold finite real numbers"),
+    (lambda a: a.update(y=a["y"] + 0.5), "y must be a 1-D array of class indices"),
+    (lambda a: a.update(y_test=-a["y_test"] - 1), "y_test must be a 1-D array of class indices"),
+    (lambda a: a.update(y=np.eye(10)[a["y"]]), r"y must be .*shape \(160, 10\).*y.argmax\(axis=1\)"),
+])
+def test_a_given_npz_with_bad_contents_is_refused(cache, tmp_path, change, match):
+    """Labels that astype(int64) would truncate or wrap, NaN inputs: refused at load, not as a later
+    'diverged' or label error."""
+    made = data.load_mnist1d(num_samples=200, seed=9)
+    arrays = {"x": made.x_train.copy(), "y": made.y_train.copy(), "x_test": made.x_test.copy(),
+              "y_test": made.y_test.copy()}
+    np.savez(tmp_path / "fine.npz", **{k: (v.astype(np.float64) if k[0] == "y" else v) for k, v in arrays.items()})
+    assert data.load("mnist1d", path=tmp_path / "fine.npz").y_train.dtype == np.int64    # integral floats are fine
+    change(arrays)
+    np.savez(tmp_path / "bad.npz", **arrays)
+    with pytest.raises(data.DataError, match=match):
+        data.load("mnist1d", path=tmp_path / "bad.npz")
+
+
 def test_fast_mode_follows_environment(monkeypatch):
     monkeypatch.setenv("NMREF_FAST", "1")
     assert data.fast_mode() and data.mnist1d_args()["num_samples"] == data.MNIST1D_FAST_SAMPLES
