@@ -33,6 +33,8 @@ def _check_hyper(lr, momentum, nesterov, weight_decay, where):
         raise ValueError(f"SGD lr={lr} must be >= 0{where}")
     if not 0 <= momentum < 1:
         raise ValueError(f"SGD momentum={momentum} must be in [0, 1){where}")
+    if not isinstance(nesterov, (bool, np.bool_)):
+        raise TypeError(f"SGD nesterov={nesterov!r} must be True or False{where}")
     if nesterov and momentum <= 0:
         raise ValueError(f"SGD nesterov=True needs momentum > 0, got momentum={momentum}{where}")
     if not weight_decay >= 0:

@@ -160,6 +160,8 @@ def test_sgd_rejects_bad_hyperparameters(rng):
         SGD(params, lr=0.1, momentum=-0.5)
     with pytest.raises(ValueError, match="nesterov=True needs momentum > 0"):
         SGD(params, lr=0.1, nesterov=True)
+    with pytest.raises(TypeError, match="nesterov='no' must be True or False"):        # was read as True
+        SGD(params, lr=0.1, momentum=0.9, nesterov="no")
     with pytest.raises(ValueError, match="weight_decay=-1 must be >= 0"):
         SGD(params, lr=0.1, weight_decay=-1)
     with pytest.raises(ValueError, match=r"lr=nan must be finite"):
