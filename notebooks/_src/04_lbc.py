@@ -206,7 +206,9 @@ assert history[-1]["is_nm"]
 # %% [markdown]
 # After the last removal the network is exactly 2:4: check the final masked weights, and see how the
 # surviving combinations are spread over the 16 384 groups of layer 3. Then compare the learned choice with
-# the magnitude rule SR-STE would apply to the same final weights.
+# the magnitude rule SR-STE would apply to the same final weights. In the figure after it, the left panel
+# follows a single group, the one whose surviving score ended highest: an extreme group, picked because its
+# curves separate clearly, not a typical one.
 
 # %%
 w_final = ckpt["param/3.weight"]
