@@ -222,7 +222,7 @@ print(f"groups whose learned combination is also the magnitude top-2 of the fina
       f"(chance: 1/6 = {1 / 6:.3f})")
 
 # %%
-g_show = int(np.argmax(np.ptp(snapshots[-2 if EPOCHS > 1 else -1]["scores"], axis=1)))   # a group with spread scores
+g_show = int(np.argmax(np.ptp(snapshots[-2 if EPOCHS > 1 else -1]["scores"], axis=1)))   # the highest final survivor
 fig, axes = plt.subplots(1, 3, figsize=(15, 3.8), layout="constrained")
 ep = np.arange(EPOCHS)
 trajectories = np.array([s["scores"][g_show] for s in snapshots])    # (epochs, C)
