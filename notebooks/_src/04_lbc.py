@@ -206,7 +206,9 @@ assert history[-1]["is_nm"]
 # %% [markdown]
 # After the last removal the network is exactly 2:4: check the final masked weights, and see how the
 # surviving combinations are spread over the 16 384 groups of layer 3. Then compare the learned choice with
-# the magnitude rule SR-STE would apply to the same final weights.
+# the magnitude rule SR-STE would apply to the same final weights. In the figure after it, the left panel
+# follows a single group, the one whose surviving score ended highest: an extreme group, picked because its
+# curves separate clearly, not a typical one.
 
 # %%
 w_final = ckpt["param/3.weight"]
@@ -220,7 +222,7 @@ print(f"groups whose learned combination is also the magnitude top-2 of the fina
       f"(chance: 1/6 = {1 / 6:.3f})")
 
 # %%
-g_show = int(np.argmax(np.ptp(snapshots[-2 if EPOCHS > 1 else -1]["scores"], axis=1)))   # a group with spread scores
+g_show = int(np.argmax(np.ptp(snapshots[-2 if EPOCHS > 1 else -1]["scores"], axis=1)))   # the highest final survivor
 fig, axes = plt.subplots(1, 3, figsize=(15, 3.8), layout="constrained")
 ep = np.arange(EPOCHS)
 trajectories = np.array([s["scores"][g_show] for s in snapshots])    # (epochs, C)

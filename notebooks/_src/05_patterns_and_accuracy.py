@@ -39,7 +39,7 @@ PATTERNS = [(2, 4), (4, 8), (1, 4), (2, 8)]
 # ## 1. Count the masks
 # Enumerate all $2^8 = 256$ keep/prune patterns of 8 weights and count the ones each N:M rule accepts
 # with exactly N kept per group: `lbc.combinations(n, 8)` lists the 8-weight masks with n kept, and
-# `is_nm` tells which of them are also 2:4 or 1:4.
+# `is_nm` tells which of the 4:8 ones are also 2:4.
 
 # %%
 all_masks = np.array(list(itertools.product([0.0, 1.0], repeat=8)))          # (256, 8)
@@ -113,13 +113,14 @@ names = list(accuracy)
 colors = ["0.4", "tab:blue", "tab:cyan", "tab:red", "tab:orange"]
 for i, name in enumerate(names):
     values = np.array(accuracy[name]) * 100
-    ax1.bar(i, values.mean(), color=colors[i], alpha=0.7, yerr=values.std() if len(values) > 1 else None, capsize=4)
-    ax1.plot(np.full(len(values), i), values, "k.", ms=6)
+    ax1.errorbar(i, values.mean(), yerr=values.std() if len(values) > 1 else None, fmt="o", ms=7, color=colors[i],
+                 capsize=5)                              # markers, not bars: the axis does not start at 0
+    ax1.plot(np.full(len(values), i + 0.15), values, "k.", ms=6)
 ax1.set_xticks(range(len(names)), [f"{n}\n(density {DENSITY[n]:.2f})" for n in names])
 low = min(min(v) for v in accuracy.values()) * 100
-ax1.set_ylim(max(0, low - 5), max(max(v) for v in accuracy.values()) * 100 + 2)
+ax1.set_ylim(max(0, low - 1), max(max(v) for v in accuracy.values()) * 100 + 1)
 ax1.set_ylabel("test accuracy (%)")
-ax1.set_title(f"MLP on MNIST-1D, SR-STE, {EPOCHS} epochs (bars: mean, dots: seeds)")
+ax1.set_title(f"MLP on MNIST-1D, SR-STE, {EPOCHS} epochs (circles: mean +- std, dots: seeds)")
 
 dense_w = np.load(dense_checkpoint)["param/3.weight"]                   # a trained dense 256 x 256 layer
 energy = {f"{n}:{m}": kept_energy(dense_w, n, m) for n, m in PATTERNS}

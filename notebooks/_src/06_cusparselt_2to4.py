@@ -219,7 +219,8 @@ else:
 #   mma.sp kernel) and are level at batch 1024, where the table's gain is nmref's cheaper launch
 #   (H200, benchmarks/results/gpu_notes.md, round 8). On the 4096-wide layer, on an H200, this cell's timing gives
 #   1.1-1.2x at batch 16-64 and 1.3-1.4x at 1024-8192 (`benchmarks/bench_cusparselt.py`, which times the
-#   kernels alone, 1.39x at batch 16); 16384^3 and LLaMA-sized products gain 1.5-1.75x. The sparse tensor
+#   kernels alone, 1.36x at batch 16 in docs/gpu.md's table); 16384^3 and LLaMA-sized products gain
+#   1.54-1.77x there. The sparse tensor
 #   cores' 2x is a ceiling no library reached, and some shapes (batch 256 at 4096 x 4096) gain nothing
 #   (docs/gpu.md says why, and how much the timing method moves these ratios).
 #
