@@ -303,7 +303,8 @@ def lbc_step_file(rng):
                   "((g * W) @ I.T); torch-style SGD (d = grad + wd * p; v = mu v + d; p -= lr v) on both. "
                   "ties_*: the same removal alone on tie-heavy scores: k counts the dead combinations too (they "
                   "rank first), and among equal scores the lower combination index is removed first.")
-    return "one LBC step: removal, mask, weight and score gradients, SGD with momentum", definition, arrays
+    return ("one LBC step: removal, mask, weight and score gradients, SGD with momentum; removal alone on "
+            "tie-heavy scores"), definition, arrays
 
 
 FILES = (("masks.npz", masks_file), ("ste_srste_grads.npz", grads_file), ("srste_sgd_step.npz", sgd_step_file),
