@@ -128,14 +128,16 @@ limit = np.abs(w_tilde[rows, :32]).max()
 axes[0].imshow(w_tilde[rows, :32], cmap="RdBu_r", vmin=-limit, vmax=limit)
 axes[0].set_title("W~ rows 0-15, inputs 0-31 (2:4)")
 axes[0].set_xlabel("input feature")
-axes[0].set_ylabel("output row")
-axes[1].imshow(values[rows, :16], cmap="RdBu_r", vmin=-limit, vmax=limit)
+shown = axes[1].imshow(values[rows, :16], cmap="RdBu_r", vmin=-limit, vmax=limit)
 axes[1].set_title("kept values (out, in/2)")
 axes[1].set_xlabel("compressed column")
+fig.colorbar(shown, ax=axes[:2], label="weight value (0 = pruned, white)", shrink=0.9)
 im = axes[2].imshow(indices[rows, :16], cmap="viridis", vmin=0, vmax=3)
 axes[2].set_title("position in the group (2-bit metadata)")
 axes[2].set_xlabel("compressed column")
 fig.colorbar(im, ax=axes[2], label="index in group of 4", ticks=range(4))
+for ax in axes:
+    ax.set_ylabel("output row")
 fig.suptitle("A trained 2:4 weight and the two arrays cuSPARSELt stores instead of it")
 plt.show()
 
@@ -192,15 +194,19 @@ else:
 # %%
 if timings:
     labels = [t[0] for t in timings]
+    speedup = [t[1] / t[2] for t in timings]                        # dense time / 2:4 time
     pos = np.arange(len(labels))
     fig, ax = plt.subplots(figsize=(9, 3.6), layout="constrained")
-    ax.bar(pos - 0.2, [t[1] for t in timings], 0.4, label="CuPy dense fp16 (cuBLAS)")
-    ax.bar(pos + 0.2, [t[2] for t in timings], 0.4, label="nmref SparseMatmul 2:4 (cuSPARSELt or mma.sp)")
+    colors = ["tab:green" if s >= 1 else "tab:red" for s in speedup]
+    ax.scatter(pos, speedup, c=colors, s=50, zorder=3)
+    ax.axhline(1.0, color="black", lw=1, label="no gain (2:4 as fast as dense)")
+    ax.axhline(2.0, color="gray", lw=1, ls="--", label="the sparse tensor cores' limit, 2x")
     ax.set_xticks(pos, labels, rotation=20, ha="right")
-    ax.set_yscale("log")
-    ax.set_ylabel("GPU time per call (us)")
-    ax.set_title("y = x @ W~.T: dense vs 2:4 on the GPU")
-    ax.legend()
+    ax.set_ylim(0, 2.6)
+    ax.set_ylabel("speed-up: dense time / 2:4 time")
+    ax.set_title("y = x @ W~.T on the GPU: CuPy dense fp16 (cuBLAS) vs nmref SparseMatmul 2:4\n"
+                 "(each call timed alone, launch included; the times are in the table above)")
+    ax.legend(loc="upper left", ncols=2)
     plt.show()
 else:
     print("no GPU timings to plot (CPU run)")
@@ -217,10 +223,11 @@ else:
 #   fp16-level agreement (a few 1e-4) with an fp32 product. On tiny layers most of the time is launch cost:
 #   on the 256 x 256 layer the kernels alone take 5.2 us dense and 4.4 us 2:4 at batch 16-64 (1.2x, nmref's
 #   mma.sp kernel) and are level at batch 1024, where the table's gain is nmref's cheaper launch
-#   (H200, benchmarks/results/gpu_notes.md, round 8). On the 4096-wide layer, on an H200, this cell's timing gives
-#   1.1-1.2x at batch 16-64 and 1.3-1.4x at 1024-8192 (`benchmarks/bench_cusparselt.py`, which times the
-#   kernels alone, 1.36x at batch 16 in docs/gpu.md's table); 16384^3 and LLaMA-sized products gain
-#   1.54-1.77x there. The sparse tensor
+#   (H200, benchmarks/results/gpu_notes.md, round 8). Launch-included times move with the host: the same
+#   cell on two H200 machines timed the small layer at 17-19 us and at 34 us a call. On the 4096-wide layer,
+#   on an H200, this cell's timing gives 1.2-1.4x at batch 16-64 and 1.3x at 1024-8192
+#   (`benchmarks/bench_cusparselt.py`, which times the kernels alone, 1.36x at batch 16 in docs/gpu.md's
+#   table); 16384^3 and LLaMA-sized products gain 1.54-1.77x there. The sparse tensor
 #   cores' 2x is a ceiling no library reached, and some shapes (batch 256 at 4096 x 4096) gain nothing
 #   (docs/gpu.md says why, and how much the timing method moves these ratios).
 #
