@@ -70,4 +70,7 @@ def device_of(x):
 
 def rng(seed):
     """The host generator every random draw starts from: same seed, same numbers on CPU and GPU runs."""
+    if not isinstance(seed, np.random.Generator) and (
+            isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0):
+        raise ValueError(f"seed={seed!r} must be an int >= 0 (or a numpy Generator)")
     return np.random.default_rng(seed)

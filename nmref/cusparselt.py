@@ -79,6 +79,8 @@ def check_weight_shape(shape, dtype):
                         f"{tuple(SPARSE_MULTIPLE)} (cast with w.astype('float16'))")
     if len(shape) != 2:
         raise ValueError(f"weight must be 2-D (out_features, in_features), got shape {tuple(shape)}")
+    if not all(isinstance(size, (int, np.integer)) and not isinstance(size, bool) for size in shape):
+        raise TypeError(f"weight shape {tuple(shape)} must hold ints (out_features, in_features)")
     mult = SPARSE_MULTIPLE[dtype]
     for name, size in (("out_features", shape[0]), ("in_features", shape[1])):
         if size <= 0 or size % mult:

@@ -237,6 +237,7 @@ def _idx_file(folder, stem):
 
 def read_idx(file, kind):
     """An IDX file (LeCun's MNIST format, big-endian header): images (N, rows, cols) or labels (N,) uint8."""
+    file = Path(file)
     opener = gzip.open if file.suffix == ".gz" else open
     try:
         with opener(file, "rb") as f:
@@ -275,6 +276,7 @@ class _ArrayUnpickler(pickle.Unpickler):
 
 def read_cifar_batch(file):
     """One CIFAR-10 batch: x (n, 3, 32, 32) uint8, y (n,) int64."""
+    file = Path(file)
     if not file.is_file():
         raise DataError(f"{file}: no such file; CIFAR-10 needs cifar-10-batches-py/ with "
                         f"{', '.join(CIFAR_TRAIN)} and {CIFAR_TEST} (the python version of the dataset)")

@@ -479,8 +479,14 @@ class BatchNorm(Layer):
         _check_buffer_keys(self, buffers)
         for key, value in buffers.items():
             own = getattr(self, key)
+            check_array(value, key)
             if tuple(value.shape) != own.shape:
                 raise ValueError(f"BatchNorm buffer {key} has shape {tuple(value.shape)}, expected {own.shape}")
+            xp = array_module(value)
+            if not bool(xp.isfinite(value).all()) or (key == "running_var" and bool((value < 0).any())):
+                negative = " or negative variances" if key == "running_var" else ""
+                raise ValueError(f"BatchNorm buffer {key} holds NaN, inf{negative}; the checkpoint it came from is "
+                                 "damaged or from a diverged run")
             setattr(self, key, array_module(own).asarray(to_device(value, device_of(own)), dtype=own.dtype))
 
     def to_device(self, device):

@@ -19,6 +19,8 @@ import math
 
 import numpy as np
 
+from . import backend
+
 from .groups import LAYOUTS, divisors, grouped_axis_length
 from .layers import (BatchNorm, Conv1d, Conv2d, Flatten, GlobalAvgPool, Linear, MaxPool2d, ReLU,
                      ResidualBlock, Sequential)
@@ -79,7 +81,7 @@ def build_model(name, sparsity=None, sparse_last=False, layout="conv", rng=0, dt
     input_shape = tuple(DEFAULT_INPUT[name] if input_shape is None else input_shape)
     if not isinstance(num_classes, (int, np.integer)) or num_classes < 2:
         raise ValueError(f"num_classes={num_classes!r} must be an int >= 2")
-    rng = np.random.default_rng(rng)                                   # an int seed or a Generator
+    rng = backend.rng(rng)                                             # an int seed or a Generator
     builder = {"mlp": _mlp, "cnn1d": _cnn1d, "cnn2d": _cnn2d, "resnet8": _resnet, "resnet20": _resnet}[name]
     layers = builder(name, input_shape, num_classes, layout, rng, np.dtype(dtype))
     model = Model(name, layers, input_shape, num_classes)

@@ -70,6 +70,9 @@ class SGD:
                 if not isinstance(p, Param):
                     raise TypeError(f"SGD group {i} holds a {type(p).__name__}, not a Param; pass model.params() "
                                     "(or wrap an array: Param(array, name))")
+                if p.value.dtype.kind != "f":
+                    raise TypeError(f"Param {p.name!r} has dtype {p.value.dtype}; SGD updates floating-point "
+                                    "parameters: Param(value.astype(np.float32), name)")
                 if id(p) in seen:
                     raise ValueError(f"Param {p.name!r} appears in more than one SGD group")
                 seen.add(id(p))

@@ -8,6 +8,9 @@ class Param:
 
     def __init__(self, value, name="", group="weights"):
         check_array(value, "value")
+        if not isinstance(group, str) or not isinstance(name, str):
+            raise TypeError(f"Param name={name!r} and group={group!r} must be strings (group picks the optimizer "
+                            "param group, e.g. 'weights' or 'scores')")
         self.value = value
         self.grad = array_module(value).zeros_like(value)
         self.name = name

@@ -41,6 +41,8 @@ def test_weight_shape_errors_say_what_to_pad(shape, dtype, match):
 def test_weight_dtype_error_names_supported_dtypes():
     with pytest.raises(TypeError, match=r"float32 .*float16"):
         cslt.check_weight_shape((16, 16), "float32")
+    with pytest.raises(TypeError, match=r"shape \(16.0, 32.0\) must hold ints"):
+        cslt.check_weight_shape((16.0, 32.0), "float16")
 
 
 @pytest.mark.parametrize("batch, dtype, match", [(12, "float16", r"batch=12 .* 8 .* to 16"),

@@ -113,6 +113,13 @@ def write_idx(file, array, magic):
         f.write(header + array.astype(np.uint8).tobytes())
 
 
+def test_readers_take_a_plain_string_path(tmp_path):
+    write_idx(tmp_path / "labels.gz", np.arange(7), 2049)
+    np.testing.assert_array_equal(data.read_idx(str(tmp_path / "labels.gz"), "labels"), np.arange(7))
+    with pytest.raises(data.DataError, match="no such file"):
+        data.read_cifar_batch(str(tmp_path / "data_batch_1"))
+
+
 def make_mnist_idx(folder, n_train=12, n_test=5, seed=0):
     r = np.random.default_rng(seed)
     arrays = {"x_train": r.integers(0, 256, (n_train, 28, 28)), "y_train": r.integers(0, 10, n_train),

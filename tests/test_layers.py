@@ -417,6 +417,12 @@ def test_load_buffers_rejects_missing_unexpected_and_misshapen(rng):
         model.load_buffers({**good, "9.running_mean": np.zeros(3)})
     with pytest.raises(ValueError, match="running_mean has shape"):
         model.load_buffers({**good, "1.running_mean": np.zeros(5)})
+    with pytest.raises(ValueError, match="running_mean holds NaN, inf;.*diverged run"):
+        model.load_buffers({**good, "1.running_mean": np.full_like(good["1.running_mean"], np.nan)})
+    with pytest.raises(ValueError, match="running_var holds NaN, inf or negative variances"):
+        model.load_buffers({**good, "1.running_var": -good["1.running_var"]})
+    with pytest.raises(TypeError, match="1.running_mean|running_mean is a list"):
+        model.load_buffers({**good, "1.running_mean": list(good["1.running_mean"])})
 
 
 # ---------------------------------------------------------------- bad input

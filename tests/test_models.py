@@ -142,3 +142,9 @@ def test_cifar_resnets_have_the_paper_stages_and_shortcuts():
             [16] * blocks + [32] * blocks + [64] * blocks
     cnn2d = build_model("cnn2d")
     assert [l.stride for l in cnn2d.weight_layers().values() if hasattr(l, "stride")] == [(1, 1)] * 3
+
+
+@pytest.mark.parametrize("seed", [-1, "x", 1.5, True])
+def test_bad_seed_is_named(seed):
+    with pytest.raises(ValueError, match=f"seed={seed!r} must be an int >= 0"):
+        build_model("mlp", rng=seed)

@@ -162,6 +162,10 @@ def test_sgd_rejects_bad_hyperparameters(rng):
         SGD(params, lr=0.1, nesterov=True)
     with pytest.raises(TypeError, match="nesterov='no' must be True or False"):        # was read as True
         SGD(params, lr=0.1, momentum=0.9, nesterov="no")
+    with pytest.raises(TypeError, match="Param 'counts' has dtype int64; SGD updates floating-point"):
+        SGD([Param(np.arange(3), "counts")], lr=0.1)                 # failed at step() with a casting error
+    with pytest.raises(TypeError, match="group=3 must be strings"):
+        Param(np.ones(3), "w", group=3)
     with pytest.raises(ValueError, match="weight_decay=-1 must be >= 0"):
         SGD(params, lr=0.1, weight_decay=-1)
     with pytest.raises(ValueError, match=r"lr=nan must be finite"):
