@@ -127,7 +127,7 @@ def make(mode, results, out_dir):
         f"{block.shape[1]} inputs. The mask is `nm_mask(W, {n}, {m})` of that weight, the one the next forward "
         f"would use: every group keeps exactly {n} (whole layer: {int(full_mask.sum())} of {full_mask.size} "
         f"kept = {full_mask.mean():.3f}). In the whole layer the pruned weights' mean |w| is "
-        f"{ratio:.4f} of the kept weights' for SR-STE and {ratio_ste:.4f} for STE (same seed): {shrink(ratio, ratio_ste)}. "
+        f"{ratio:.4f} of the kept weights' for SR-STE and {ratio_ste:.4f} for STE (same seed): {shrink(ratio, ratio_ste)} (one seed each, so no spread over seeds is measured). "
         f"Panels (c, d) are "
         f"`compress_nm(W, {n}, {m})`; `decompress_nm` of them gives back W⊙E "
         f"{'exactly' if exact else 'NOT exactly (a bug)'} for the whole layer. Storage: {values.shape[1]} values "

@@ -85,7 +85,19 @@ def header(mode, results, trained, seconds, args, cpu):
             f"{training_cpu:.0f} CPU-seconds of training in all when they were made) and took {seconds:.0f} s "
             f"wall, {cpu:.0f} CPU-seconds, with `--jobs {args.jobs}` on {os.cpu_count()} cores (1-minute load "
             f"average {load:.1f} at the end: other work on the machine lengthens the wall time). Every number in a caption is read from the run results; the CSV beside each "
-            f"figure holds every number plotted.")
+            f"figure holds every number plotted.{scale_note(mode)}")
+
+
+def scale_note(mode):
+    """Quick and tiny modes say plainly that they are too small to show the papers' effects."""
+    if mode.name == "full":
+        return ""
+    return (f"\n\n**Mode `{mode.name}` is too small to show the papers' effects.** With {mode.train_samples} "
+            f"training samples, {mode.epochs} epochs and {len(mode.sweep_seeds)}-{len(mode.seeds)} seeds, SR-STE's term is far weaker in "
+            f"total than in the paper's ImageNet recipe (Figure 2's caption gives the factor) and the accuracy "
+            f"differences are tenths of a point, comparable to the spread over seeds. Use this mode to check that "
+            f"the pipeline runs; the small-scale reproductions are `nmref figures --full` "
+            f"(paper_figures/out_full/index.md).")
 
 
 def main(argv=None):
