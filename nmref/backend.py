@@ -4,6 +4,7 @@ Every public function works out ``xp`` from its inputs; there is no global switc
 when a CuPy array is already in play or a device transfer is asked for, so ``import nmref`` never needs it.
 """
 import sys
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -29,6 +30,17 @@ def check_array(x, name="w"):
         kind = type(x).__name__ if type(x).__module__ == "builtins" else f"{type(x).__module__}.{type(x).__name__}"
         raise TypeError(f"{name} is a {kind}; pass a NumPy or CuPy array (np.asarray({name}); for a torch "
                         "tensor: t.numpy())")
+
+
+def check_state(state, owner, keys=()):
+    """``state`` must be a mapping holding ``keys``, as ``owner.state_dict()`` returned it."""
+    if not isinstance(state, Mapping):
+        raise TypeError(f"{owner}.load_state_dict takes the dict {owner}.state_dict() returned, got a "
+                        f"{type(state).__name__}")
+    missing = [k for k in keys if k not in state]
+    if missing:
+        raise KeyError(f"{owner}.load_state_dict: missing {missing}; pass what {owner}.state_dict() returned (a "
+                       "checkpoint of another method or nmref version?)")
 
 
 def _cupy():

@@ -100,6 +100,8 @@ def first_samples(data, n_train=0, n_test=0):
 
 def normalized(data):
     """x -> (x - mean) / std per channel, mean and std of the training set (Eq.: x_c = (x_c - mu_c) / s_c)."""
+    if not isinstance(data, Dataset):
+        raise TypeError(f"data must be a Dataset (from nmref.data.load), got {type(data).__name__}")
     axes = (0, *range(2, data.x_train.ndim))
     mean = data.x_train.mean(axis=axes, keepdims=True, dtype=np.float64)        # (1, C, 1...)
     std = data.x_train.std(axis=axes, keepdims=True, dtype=np.float64) + 1e-8   # (1, C, 1...)
@@ -114,6 +116,8 @@ def mnist1d_args(num_samples=None, seed=42, fast=None):
     fast = fast_mode() if fast is None else fast
     args = get_dataset_args(as_dict=True)
     args.pop("url")
+    if num_samples is not None:
+        _check_int("num_samples", num_samples, 10)                # the generator makes num_samples // 10 per class
     args["num_samples"] = num_samples or (MNIST1D_FAST_SAMPLES if fast else MNIST1D_SAMPLES)
     args["seed"] = seed
     return args

@@ -27,7 +27,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from .backend import array_module, check_array, to_device, to_host
+from .backend import array_module, check_array, check_state, to_device, to_host
 from .groups import check_straddle, from_groups, to_groups
 from .masks import check_float, check_pattern
 from .params import Param
@@ -451,6 +451,7 @@ class LBC(Method):
 
     def load_state_dict(self, state):
         self._require_bound()
+        check_state(state, "LBC", ("scores", "alive", "k", "frozen", "epoch"))
         xp = array_module(self.scores.value)
         for key, like in (("scores", self.scores.value), ("alive", self.alive)):
             if tuple(np.shape(state[key])) != tuple(like.shape):

@@ -12,7 +12,7 @@ import numbers
 
 import numpy as np
 
-from .backend import array_module, device_of, to_device, to_host
+from .backend import array_module, check_state, device_of, to_device, to_host
 from .params import Param
 
 GROUP_KEYS = ("lr", "momentum", "nesterov", "weight_decay")
@@ -122,6 +122,7 @@ class SGD:
         return state
 
     def load_state_dict(self, state):
+        check_state(state, "SGD")
         by_name = {p.name: p for p in self._named_params()}
         unknown = [k for k in state if k != "lr_scale" and not (k.startswith("momentum/") and k[9:] in by_name)]
         if unknown:

@@ -11,7 +11,7 @@ steps, i.e. the mean fraction of weights flipping per step). Per-layer keys are 
 """
 import numpy as np
 
-from .backend import array_module, check_array, to_host
+from .backend import array_module, check_array, check_state, to_host
 from .groups import check_shape
 
 
@@ -186,9 +186,11 @@ class SADTracker:
         return state
 
     def load_state_dict(self, state):
+        check_state(state, "SADTracker", ("started",))
         self.shapes = None
         if not bool(state["started"]):
             return
+        check_state(state, "SADTracker", ("names", "n_epochs", "steps"))
         names = [str(n) for n in state["names"]]
         self.shapes = {k: tuple(int(s) for s in state[f"shape/{k}"]) for k in names}
         self.init = {k: np.asarray(state[f"init/{k}"], dtype=np.uint8) for k in names}

@@ -113,6 +113,13 @@ def write_idx(file, array, magic):
         f.write(header + array.astype(np.uint8).tobytes())
 
 
+def test_mnist1d_sample_count_and_normalized_input_are_checked(cache):
+    with pytest.raises(ValueError, match="num_samples=9 must be >= 10"):     # mnist1d: "need at least one array"
+        data.load_mnist1d(num_samples=9)
+    with pytest.raises(TypeError, match="data must be a Dataset"):
+        data.normalized([1, 2])
+
+
 def test_readers_take_a_plain_string_path(tmp_path):
     write_idx(tmp_path / "labels.gz", np.arange(7), 2049)
     np.testing.assert_array_equal(data.read_idx(str(tmp_path / "labels.gz"), "labels"), np.arange(7))

@@ -540,3 +540,11 @@ def test_init_scores_and_array_arguments_are_checked():
         score_grad(np.ones((8, 4)).tolist(), np.ones((8, 4)), alive, table)
     with pytest.raises(TypeError, match="alpha must be a floating-point array"):
         remove_lowest(np.ones((8, 6), int), alive, 2)
+
+
+def test_load_state_dict_names_what_is_missing():
+    lbc = LBC(2, 4, t_f=5).bind(Param(np.ones((4, 8)), "w"), "linear")
+    state = lbc.state_dict()
+    with pytest.raises(KeyError, match=r"LBC.load_state_dict: missing \['frozen'\]"):
+        lbc.load_state_dict({k: v for k, v in state.items() if k != "frozen"})
+    lbc.load_state_dict(state)

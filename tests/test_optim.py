@@ -145,6 +145,8 @@ def test_load_state_dict_rejects_unknown_and_misshapen(rng):
         opt.load_state_dict({"momentum/nope": np.zeros(3)})
     with pytest.raises(ValueError, match="momentum for 'p0' has shape"):
         opt.load_state_dict({"momentum/p0": np.zeros(3)})
+    with pytest.raises(TypeError, match=r"SGD.load_state_dict takes the dict SGD.state_dict\(\) returned, got a list"):
+        opt.load_state_dict([])
     unnamed = SGD([Param(np.zeros(2)), Param(np.zeros(2))], lr=0.1)
     with pytest.raises(ValueError, match="unique, non-empty Param names"):
         unnamed.state_dict()

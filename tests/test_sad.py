@@ -245,3 +245,13 @@ def test_tracker_misuse_raises_clearly():
         tracker.epoch_masks(1)
     with pytest.raises(ValueError, match=r"mask of layer 'a' has shape \(2, 8\), start had \(4, 8\)"):
         tracker.vs_final({"a": mask[:2]})
+
+
+def test_tracker_load_state_dict_names_what_is_missing():
+    tracker = SADTracker()
+    with pytest.raises(KeyError, match=r"SADTracker.load_state_dict: missing \['started'\]"):
+        tracker.load_state_dict({})
+    with pytest.raises(KeyError, match=r"missing \['names', 'n_epochs', 'steps'\]"):
+        tracker.load_state_dict({"started": np.asarray(True)})
+    with pytest.raises(TypeError, match="takes the dict SADTracker.state_dict"):
+        tracker.load_state_dict([("started", False)])
