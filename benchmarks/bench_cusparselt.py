@@ -302,7 +302,7 @@ def summarize(runs, env):
 def merge(paths):
     """(env, runs) of several --json files: environments must agree (the first file's date is kept), and
     repeat i of each file becomes part of repeat i."""
-    loaded = [json.loads(open(path).read()) for path in paths]
+    loaded = [json.loads(Path(path).read_text()) for path in paths]
     env = loaded[0]["env"]
     for path, d in zip(paths, loaded):
         differs = {k for k in env if k != "date" and d["env"].get(k) != env[k]}

@@ -116,9 +116,10 @@ def mnist1d_args(num_samples=None, seed=42, fast=None):
     fast = fast_mode() if fast is None else fast
     args = get_dataset_args(as_dict=True)
     args.pop("url")
-    if num_samples is not None:
-        _check_int("num_samples", num_samples, 10)                # the generator makes num_samples // 10 per class
-    args["num_samples"] = num_samples or (MNIST1D_FAST_SAMPLES if fast else MNIST1D_SAMPLES)
+    if num_samples is None:
+        num_samples = MNIST1D_FAST_SAMPLES if fast else MNIST1D_SAMPLES
+    _check_int("num_samples", num_samples, 10)                    # the generator makes num_samples // 10 per class
+    args["num_samples"] = num_samples
     args["seed"] = seed
     return args
 

@@ -78,13 +78,18 @@ def mean_std(values):
     return float(values.mean()), float(values.std(ddof=1)) if values.size > 1 else math.nan
 
 
+def noise(std_a, std_b):
+    """The noise a difference of two means is judged against: the larger std over seeds (nan, one seed, as 0)."""
+    return max(np.nan_to_num(std_a), np.nan_to_num(std_b))
+
+
 def versus(a, b, name_a, name_b, scale=100, unit=" points"):
     """"a - b = +x points (within / beyond the std over seeds)": the larger of the two stds is the noise."""
     (mean_a, std_a), (mean_b, std_b) = mean_std(a), mean_std(b)
     diff = mean_a - mean_b
-    noise = max(np.nan_to_num(std_a), np.nan_to_num(std_b))
+    noise_ab = noise(std_a, std_b)
     text = f"{name_a} - {name_b} = {scale * diff:+.2f}{unit}"
-    if len(a) < 2 or abs(diff) <= noise:
+    if len(a) < 2 or abs(diff) <= noise_ab:
         return text + " (within the std over seeds)"
     return text + " (beyond the std over seeds)"
 

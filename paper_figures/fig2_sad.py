@@ -71,7 +71,7 @@ def caption(mode, groups, summary):
                "seed" if holds else "does NOT reproduce cleanly for SAD at this scale: SR-STE's step-to-step SAD is "
                f"below STE's in only {per_seed} of {len(late['ste'])} seeds")
     diff = acc["srste"].mean() - acc["ste"].mean()
-    noise = max(np.nan_to_num(common.mean_std(acc["ste"])[1]), np.nan_to_num(common.mean_std(acc["srste"])[1]))
+    noise = common.noise(common.mean_std(acc["ste"])[1], common.mean_std(acc["srste"])[1])
     acc_verdict = ("reproduces" if diff > noise else "does not reproduce here (SR-STE is lower)" if diff < -noise
                    else "is not shown at this scale")
     return (

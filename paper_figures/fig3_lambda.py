@@ -104,8 +104,7 @@ def caption(mode, groups, stats):
 
 def _noise(mean, std, lam, ref=0.0):
     """" (within noise)" when the difference to ``ref`` (STE) is below the larger std over seeds."""
-    noise = max(np.nan_to_num(std[lam]), np.nan_to_num(std[ref]))
-    return " (within the std over seeds)" if abs(mean[lam] - mean[ref]) <= noise else ""
+    return " (within the std over seeds)" if abs(mean[lam] - mean[ref]) <= common.noise(std[lam], std[ref]) else ""
 
 
 def _versus_default(acc, std, best):

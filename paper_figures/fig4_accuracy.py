@@ -145,7 +145,7 @@ def _wins(finals, a, b):
     above, beyond, below = 0, 0, []
     for p in common.PATTERNS:
         (mean_a, std_a), (mean_b, std_b) = common.mean_std(finals[(a, p)]), common.mean_std(finals[(b, p)])
-        noise = max(np.nan_to_num(std_a), np.nan_to_num(std_b))
+        noise = common.noise(std_a, std_b)
         above += mean_a > mean_b
         beyond += mean_a - mean_b > noise
         if mean_b - mean_a > noise:

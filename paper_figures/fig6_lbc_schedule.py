@@ -119,8 +119,8 @@ def caption(mode, groups, stats, srste_acc):
         + "; ".join(f"t_f={f:g}, p={p}: {common.pm(*acc[(f, p)], scale=100)} % (density "
                     f"{dens[(f, p)][0]:.2f})" for f, p in settings()) +
         f". SR-STE 2:4 on the same seeds: {common.pm(*srste_acc, scale=100)} %. Best mean: t_f = {best[0]:g}, "
-        f"p = {best[1]} ({_within(acc, best)}); lowest training density: t_f = {cheapest[0]:g}, p = {cheapest[1]}. Spread of the means "
-        f"across settings {100 * spread:.2f} points"
+        f"p = {best[1]} ({_within(acc, best)}); lowest training density: t_f = {cheapest[0]:g}, "
+        f"p = {cheapest[1]}. Spread of the means across settings {100 * spread:.2f} points"
         + (f" vs a typical std over seeds of {100 * float(np.mean(stds)):.2f}" if stds else "") +
         ". The LBC paper's default is t_f = half the run with a cubic schedule (p = 3); this ablation asks how "
         "sensitive the result is at small scale. By construction a larger p removes combinations earlier (lower "
@@ -131,7 +131,7 @@ def caption(mode, groups, stats, srste_acc):
 def _within(acc, best):
     """Which settings' means are within the larger std over seeds of the best one's."""
     close = [s for s in settings() if s != best
-             and acc[best][0] - acc[s][0] <= max(np.nan_to_num(acc[best][1]), np.nan_to_num(acc[s][1]))]
+             and acc[best][0] - acc[s][0] <= common.noise(acc[best][1], acc[s][1])]
     if not close:
         return "beyond the std over seeds of every other setting"
     return "within the std over seeds of " + ", ".join(f"t_f = {f:g}, p = {p}" for f, p in close)

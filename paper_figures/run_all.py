@@ -95,8 +95,8 @@ def scale_note(mode):
     seeds = sorted({len(mode.sweep_seeds), len(mode.seeds)})
     return (f"\n\n**Mode `{mode.name}` is too small to show the papers' effects.** With {mode.train_samples} "
             f"training samples, {mode.epochs} epochs and {'-'.join(map(str, seeds))} seeds, SR-STE's term is far "
-            f"weaker in total than in the paper's ImageNet recipe (Figure 2's caption gives the factor) and the accuracy "
-            f"differences are tenths of a point, comparable to the spread over seeds. Use this mode to check that "
+            f"weaker in total than in the paper's ImageNet recipe (Figure 2's caption gives the factor) and the "
+            f"accuracy differences are tenths of a point, comparable to the spread over seeds. Use this mode to check that "
             f"the pipeline runs; the small-scale reproductions are `nmref figures --full` "
             f"(paper_figures/out_full/index.md).")
 
